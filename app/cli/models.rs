@@ -1,0 +1,232 @@
+//! `loft inspect`, `loft models`, `loft generate`.
+
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::engine::cache;
+use crate::engine::chat::{ChatMessage, TemplateOrigin};
+use crate::engine::device;
+use crate::engine::generate::{generate as run_generation, Sampling, TextStream};
+use crate::engine::hub::{DownloadEvent, HubOptions};
+use crate::engine::model::LoadOptions;
+use crate::engine::source::{self, ModelFiles, ModelSource, Resolve};
+
+#[derive(Args)]
+pub struct ModelArg {
+    /// A Hugging Face model folder, a .gguf file, or a hub repo id (org/name[@revision]).
+    #[arg(long, short)]
+    pub model: String,
+    /// Never download: use only local files and the Hugging Face cache.
+    #[arg(long)]
+    pub offline: bool,
+    /// The hub server to download from (default: $HF_ENDPOINT or https://huggingface.co).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+}
+
+impl ModelArg {
+    /// Resolve to local files, downloading from the hub (with progress on stderr) if needed.
+    pub fn resolve(&self) -> Result<ModelFiles> {
+        let source = ModelSource::parse(&self.model)?;
+        let cancel = AtomicBool::new(false);
+        let mut on_download = print_download;
+        let mut how = Resolve {
+            hub: HubOptions {
+                endpoint: self.endpoint.clone(),
+                ..HubOptions::default()
+            },
+            offline: self.offline,
+            on_download: &mut on_download,
+            cancel: &cancel,
+        };
+        Ok(source::resolve(&source, &mut how)?)
+    }
+}
+
+fn print_download(event: DownloadEvent) {
+    let mut err = std::io::stderr();
+    let _ = match event {
+        DownloadEvent::Bytes { name, done, total } => write!(
+            err,
+            "\r  {name}: {:.1} / {:.1} MB   ",
+            done as f64 / 1e6,
+            total as f64 / 1e6
+        ),
+        DownloadEvent::File { name, index, .. } => {
+            write!(err, "\ndownloading {} ({name})", index + 1)
+        }
+        DownloadEvent::Finished { snapshot } => {
+            writeln!(err, "\ndownloaded to {}", snapshot.display())
+        }
+        _ => Ok(()),
+    };
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Print the whole description as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let info = source::inspect(&args.model.resolve()?)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    let a = &info.arch;
+    println!("model         {}", info.files.root.display());
+    println!("architecture  {} ({:?})", a.model_type, a.family);
+    println!(
+        "parameters    {} ({:.1} M)",
+        info.parameters,
+        info.parameters as f64 / 1e6
+    );
+    println!(
+        "dtype         {}",
+        info.dtype.as_deref().unwrap_or("unknown")
+    );
+    println!("context       {} tokens", info.context_length);
+    println!("vocabulary    {} tokens", info.vocab_size);
+    println!(
+        "layers        {} × (hidden {}, {} heads, {} kv heads, head dim {})",
+        a.num_layers, a.hidden_size, a.num_heads, a.num_kv_heads, a.head_dim
+    );
+    let template = match info.chat_template {
+        TemplateOrigin::Model => "yes (the model's own)",
+        TemplateOrigin::Fallback => "no — Loft will use ChatML as a fallback",
+    };
+    println!("chat template {template}");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ModelsArgs {
+    /// Print the list as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn models(args: ModelsArgs) -> Result<()> {
+    let dir = cache::hub_cache_dir();
+    let list = cache::list_cached_models(&dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no models in the Hugging Face cache ({})", dir.display());
+        return Ok(());
+    }
+    for m in &list {
+        println!(
+            "{:<50} {:>9.1} MB  {:<12} {}",
+            m.repo_id,
+            m.size_bytes as f64 / 1e6,
+            m.model_type.as_deref().unwrap_or("?"),
+            &m.revision[..m.revision.len().min(10)],
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// What to ask.
+    #[arg(long, short)]
+    prompt: String,
+    /// A system message placed before the prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// Continue the prompt as plain text instead of rendering it through the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sample with this temperature (greedy when absent).
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print load time and speed to stderr.
+    #[arg(long)]
+    stats: bool,
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let files = args.model.resolve()?;
+    let (device, dtype) = device::best_device();
+    let loaded = source::load(&files, &LoadOptions { device, dtype })?;
+    let prompt = if args.raw {
+        args.prompt.clone()
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: system.clone(),
+            });
+        }
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: args.prompt.clone(),
+        });
+        loaded.template.render(&messages, true)?
+    };
+    let ids = loaded
+        .tokenizer
+        .encode(prompt.as_str(), args.raw)
+        .map_err(|e| anyhow::anyhow!("cannot tokenize the prompt: {e}"))?
+        .get_ids()
+        .to_vec();
+    let sampling = Sampling {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let mut stream = TextStream::new(&loaded.tokenizer);
+    let mut stdout = std::io::stdout();
+    let stops = loaded.stop_tokens.clone();
+    let mut on_token = |id: u32| {
+        if stops.contains(&id) {
+            return;
+        }
+        if let Ok(delta) = stream.push(id) {
+            let _ = stdout.write_all(delta.as_bytes());
+            let _ = stdout.flush();
+        }
+    };
+    let cancel = AtomicBool::new(false);
+    let out = run_generation(
+        &loaded.model,
+        &ids,
+        &sampling,
+        &stops,
+        &cancel,
+        &mut on_token,
+    )?;
+    println!();
+    if args.stats {
+        eprintln!(
+            "load {:.2} s · prompt {} tokens in {:.2} s · {} new tokens at {:.1} tokens/s ({:?})",
+            loaded.load_time.as_secs_f64(),
+            out.prompt_tokens,
+            out.prefill.as_secs_f64(),
+            out.tokens.len(),
+            out.tokens_per_second(),
+            out.stop
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! The one linear layer of the decoder. Every projection is a `LoraLinear` named by its Hugging Face
+//! module path (`model.layers.3.self_attn.q_proj`), so that adapters attach by name and PEFT keys
+//! (`base_model.model.<path>.lora_A.weight`) fall out directly.
+
+use candle_core::{Module, Result, Tensor};
+
+use super::lora::LoraAdapter;
+
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    /// Hugging Face module path, e.g. `model.layers.0.mlp.down_proj`.
+    pub path: String,
+    /// Frozen base weight, `out × in`: never a `Var`, so it gets no gradient.
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    /// The trainable low-rank update, when this module is a LoRA target.
+    pub adapter: Option<LoraAdapter>,
+}
+
+impl LoraLinear {
+    pub fn new(path: String, weight: Tensor, bias: Option<Tensor>) -> Self {
+        LoraLinear {
+            path,
+            weight,
+            bias,
+            adapter: None,
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+impl Module for LoraLinear {
+    /// `x · Wᵀ (+ b) (+ LoRA)` over the last dimension of `x` (any number of leading dimensions).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (lead, features) = dims.split_at(dims.len() - 1);
+        let rows: usize = lead.iter().product();
+        let flat = x.reshape((rows, features[0]))?;
+        let mut y = super::ops::frozen_matmul(&flat, &self.weight)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(adapter) = &self.adapter {
+            y = (y + adapter.forward(&flat)?.to_dtype(self.weight.dtype())?)?;
+        }
+        let mut out_dims = lead.to_vec();
+        out_dims.push(self.out_features());
+        y.reshape(out_dims)
+    }
+}

@@ -1,0 +1,260 @@
+//! LoRA: a frozen base W₀ plus a trainable low-rank update, `h = W₀x + (α/r)·B·A·dropout(x)`.
+//! A (r×in) starts Kaiming-uniform and B (out×r) at zero, as PEFT initialises them, so training
+//! starts from exactly the base model.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+/// The attention preset: what the LoRA paper adapted.
+pub const ATTENTION_TARGETS: [&str; 2] = ["q_proj", "v_proj"];
+/// Every linear layer of the decoder blocks (PEFT's "all-linear" for these models: lm_head excluded).
+pub const ALL_LINEAR_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank r of the update: how many directions each adapted layer may change in.
+    pub r: usize,
+    /// lora_alpha: the update is scaled by α/r (or α/√r with rsLoRA).
+    pub alpha: f64,
+    /// Probability of zeroing each input feature of the LoRA path during training.
+    pub dropout: f64,
+    /// Module names to adapt (`q_proj`, …, `down_proj`).
+    pub targets: Vec<String>,
+    /// Rank-stabilised LoRA: scale by α/√r so higher ranks keep learning.
+    pub use_rslora: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            targets: ALL_LINEAR_TARGETS.iter().map(|s| s.to_string()).collect(),
+            use_rslora: false,
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+
+    /// Whether the module at this Hugging Face path is adapted (matched on its last name, as PEFT does).
+    pub fn targets_path(&self, path: &str) -> bool {
+        let name = path.rsplit('.').next().unwrap_or(path);
+        self.targets.iter().any(|t| t == name)
+    }
+}
+
+/// Which dropout mask a forward pass draws. The trainer sets the key before each micro-batch, so that
+/// masks depend only on (seed, micro-batch, module): a resumed run draws the same masks.
+#[derive(Debug, Clone, Default)]
+pub struct DropoutKey(Arc<AtomicU64>);
+
+impl DropoutKey {
+    /// `None` switches dropout off (evaluation); `Some(k)` draws masks from key k.
+    pub fn set(&self, key: Option<u64>) {
+        self.0
+            .store(key.map_or(0, |k| k | 1 << 63), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<u64> {
+        let v = self.0.load(Ordering::Relaxed);
+        (v >> 63 == 1).then_some(v & !(1 << 63))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// r × in
+    pub a: Var,
+    /// out × r
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+    /// Distinguishes this module's masks from every other module's.
+    pub index: u64,
+    pub key: DropoutKey,
+}
+
+impl LoraAdapter {
+    /// A fresh adapter for an `out × in` layer: A ~ U(-1/√in, 1/√in) (PEFT's kaiming_uniform_ with
+    /// a=√5), B = 0.
+    pub fn init(
+        config: &LoraConfig,
+        in_features: usize,
+        out_features: usize,
+        index: u64,
+        seed: u64,
+        key: DropoutKey,
+        device: &Device,
+    ) -> Result<Self> {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let mut rng = SplitMix::new(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let a: Vec<f32> = (0..config.r * in_features)
+            .map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32)
+            .collect();
+        let a = Tensor::from_vec(a, (config.r, in_features), device)?;
+        let b = Tensor::zeros((out_features, config.r), DType::F32, device)?;
+        Self::from_weights(config, &a, &b, index, key)
+    }
+
+    pub fn from_weights(
+        config: &LoraConfig,
+        a: &Tensor,
+        b: &Tensor,
+        index: u64,
+        key: DropoutKey,
+    ) -> Result<Self> {
+        Ok(LoraAdapter {
+            a: Var::from_tensor(&a.to_dtype(DType::F32)?)?,
+            b: Var::from_tensor(&b.to_dtype(DType::F32)?)?,
+            scale: config.scale(),
+            dropout: config.dropout,
+            index,
+            key,
+        })
+    }
+
+    /// `scale · dropout(x)·Aᵀ·Bᵀ` for `x` of shape `(rows, in)`, computed in f32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.to_dtype(DType::F32)?;
+        if let (Some(key), true) = (self.key.get(), self.dropout > 0.0) {
+            x = x.broadcast_mul(&self.dropout_mask(x.dims(), key, x.device())?)?;
+        }
+        // Scale the rank-r intermediate, not the full-width output: same result, far less work.
+        let down = (x.matmul(&self.a.as_tensor().t()?)? * self.scale)?;
+        down.matmul(&self.b.as_tensor().t()?)
+    }
+
+    /// Inverted dropout: kept features are scaled by 1/(1-p) so the expected input is unchanged.
+    fn dropout_mask(&self, dims: &[usize], key: u64, device: &Device) -> Result<Tensor> {
+        let keep = 1.0 - self.dropout;
+        let scale = (1.0 / keep) as f32;
+        let mut rng = SplitMix::new(key ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let n: usize = dims.iter().product();
+        let mask: Vec<f32> = (0..n)
+            .map(|_| if rng.unit() < keep { scale } else { 0.0 })
+            .collect();
+        Tensor::from_vec(mask, dims, device)
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.a.elem_count() + self.b.elem_count()
+    }
+}
+
+/// SplitMix64: tiny, fast and good enough for initialisation and dropout masks, and — unlike
+/// candle's device RNG — seedable, so runs repeat exactly.
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        SplitMix(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_matches_peft_shapes_bounds_and_zero_b() {
+        let config = LoraConfig {
+            r: 4,
+            ..LoraConfig::default()
+        };
+        let ad =
+            LoraAdapter::init(&config, 64, 32, 0, 7, DropoutKey::default(), &Device::Cpu).unwrap();
+        assert_eq!(ad.a.dims(), &[4, 64]);
+        assert_eq!(ad.b.dims(), &[32, 4]);
+        let a =
+            ad.a.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+        assert!(a.iter().all(|v| v.abs() <= 1.0 / 8.0));
+        assert!(
+            a.iter().any(|v| v.abs() > 0.1),
+            "A must spread over its bound"
+        );
+        let b =
+            ad.b.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+        assert!(b.iter().all(|v| *v == 0.0));
+        assert_eq!(config.scale(), 8.0);
+        assert_eq!(
+            LoraConfig {
+                use_rslora: true,
+                ..config
+            }
+            .scale(),
+            16.0
+        );
+    }
+
+    #[test]
+    fn dropout_is_seeded_scaled_and_off_in_eval() {
+        let config = LoraConfig {
+            r: 2,
+            dropout: 0.5,
+            ..LoraConfig::default()
+        };
+        let key = DropoutKey::default();
+        let ad = LoraAdapter::init(&config, 1000, 1, 0, 1, key.clone(), &Device::Cpu).unwrap();
+        let ones = Tensor::ones((1, 1000), DType::F32, &Device::Cpu).unwrap();
+        key.set(Some(5));
+        let m1 = ad
+            .dropout_mask(&[1, 1000], 5, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let m2 = ad
+            .dropout_mask(&[1, 1000], 5, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(m1, m2);
+        let kept = m1[0].iter().filter(|v| **v == 2.0).count();
+        assert!((400..600).contains(&kept), "{kept} of 1000 kept at p=0.5");
+        assert!(m1[0].iter().all(|v| *v == 0.0 || *v == 2.0));
+        key.set(None);
+        let y_eval = ad.forward(&ones).unwrap();
+        assert_eq!(y_eval.dims(), &[1, 1]);
+    }
+}

@@ -1,0 +1,301 @@
+//! Ops with a backward pass written for LoRA training.
+//!
+//! candle's autograd computes the gradient of *every* input of a matmul — for a frozen base weight that
+//! is a wasted matmul the size of the forward one, plus a weight-sized buffer — and its fast fused
+//! kernels (softmax, RMSNorm) have no backward at all. Each op here runs candle's fast forward on
+//! untracked tensors and supplies only the gradient training needs.
+
+use std::sync::Arc;
+
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, D};
+
+type Forward = dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync;
+type Backward = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
+
+/// A one-input op: `forward(x)` computed with candle's kernels, `backward(x, y, dy) = dx`.
+struct Fused {
+    name: &'static str,
+    forward: Arc<Forward>,
+    backward: Arc<Backward>,
+}
+
+impl Fused {
+    fn run(&self, x: Tensor) -> Result<(Storage, Shape)> {
+        let y = (self.forward)(&x)?.contiguous()?;
+        let shape = y.shape().clone();
+        let (storage, layout) = y.storage_and_layout();
+        let copy = match &*storage {
+            Storage::Cpu(s) => Storage::Cpu(cpu_slice(s, layout)?),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => {
+                use candle_core::backend::BackendStorage;
+                Storage::Cuda(s.try_clone(layout)?)
+            }
+            _ => candle_core::bail!("{}: this device is not supported for training", self.name),
+        };
+        Ok((copy, shape))
+    }
+}
+
+/// The contiguous range of a CPU storage that a layout addresses, as a new storage.
+fn cpu_slice(s: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("fused op: expected a contiguous tensor");
+    };
+    Ok(match s {
+        CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
+        CpuStorage::BF16(v) => CpuStorage::BF16(v[start..end].to_vec()),
+        CpuStorage::F16(v) => CpuStorage::F16(v[start..end].to_vec()),
+        CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
+        _ => candle_core::bail!("fused op: unsupported dtype"),
+    })
+}
+
+/// An untracked tensor over a storage (the op's input inside a forward kernel).
+fn untracked(storage: Storage, layout: &Layout) -> Tensor {
+    Tensor::from_storage(storage, layout.shape().clone(), BackpropOp::none(), false)
+}
+
+impl CustomOp1 for Fused {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = untracked(Storage::Cpu(cpu_slice(storage, layout)?), layout);
+        match self.run(x)? {
+            (Storage::Cpu(s), shape) => Ok((s, shape)),
+            _ => candle_core::bail!("{}: forward left the CPU", self.name),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        if layout.contiguous_offsets() != Some((0, layout.shape().elem_count())) {
+            candle_core::bail!("{}: expected a contiguous tensor at offset 0", self.name);
+        }
+        let x = untracked(Storage::Cuda(storage.try_clone(layout)?), layout);
+        match self.run(x)? {
+            (Storage::Cuda(s), shape) => Ok((s, shape)),
+            _ => candle_core::bail!("{}: forward left the GPU", self.name),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        (self.backward)(arg, res, grad_res).map(Some)
+    }
+}
+
+/// Apply `forward`; when `x` takes part in training, through a custom op whose gradient is `backward`.
+fn fused(
+    x: &Tensor,
+    name: &'static str,
+    forward: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    backward: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    if !x.track_op() {
+        return forward(x);
+    }
+    let x = x.contiguous()?;
+    x.apply_op1(Fused {
+        name,
+        forward: Arc::new(forward),
+        backward: Arc::new(backward),
+    })
+}
+
+/// `x · Wᵀ` for a frozen `W` (`x` is `rows × in`): the backward pass gives x its gradient `dy · W` and
+/// spends nothing on W.
+pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let w_fwd = weight.clone();
+    let w_bwd = weight.clone();
+    fused(
+        x,
+        "frozen-matmul",
+        move |x| x.matmul(&w_fwd.t()?),
+        move |_x, _y, dy| dy.matmul(&w_bwd),
+    )
+}
+
+/// Softmax over the last dimension with candle's fused kernel; dx = y ⊙ (dy − Σ dy ⊙ y).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    fused(
+        x,
+        "softmax-last-dim",
+        candle_nn::ops::softmax_last_dim,
+        |_x, y, dy| {
+            let dot = (dy * y)?.sum_keepdim(D::Minus1)?;
+            y * dy.broadcast_sub(&dot)?
+        },
+    )
+}
+
+/// RMSNorm without its scale: `x / sqrt(mean(x²) + eps)` over the last dimension, in f32.
+/// dx = (dy − x̂ · mean(dy ⊙ x̂)) / rms.
+pub fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let forward = move |x: &Tensor| {
+        let x = x.to_dtype(DType::F32)?;
+        let ones = Tensor::ones(x.dim(D::Minus1)?, DType::F32, x.device())?;
+        candle_nn::ops::rms_norm(&x, &ones, eps as f32)
+    };
+    fused(x, "rms-normalize", forward, move |x, y, dy| {
+        let x = x.to_dtype(DType::F32)?;
+        let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+        let mean = (dy * y)?.mean_keepdim(D::Minus1)?;
+        dy.broadcast_sub(&y.broadcast_mul(&mean)?)?
+            .broadcast_div(&rms)
+    })
+}
+
+/// Rotary position embedding (rotate-half layout) with candle's kernel; `cos`/`sin` are `(t, d/2)`.
+/// The rotation is orthogonal, so its gradient is the inverse rotation: rope with −sin.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (cos_f, sin_f) = (cos.clone(), sin.clone());
+    let (cos_b, neg_sin) = (cos.clone(), sin.neg()?);
+    fused(
+        x,
+        "rope",
+        move |x| candle_nn::rotary_emb::rope(&x.contiguous()?, &cos_f, &sin_f),
+        move |_x, _y, dy| candle_nn::rotary_emb::rope(&dy.contiguous()?, &cos_b, &neg_sin),
+    )
+}
+
+/// Per-row negative log-likelihood of `targets (n)` under `logits (n, vocab)`, in one pass that keeps
+/// no vocabulary-sized intermediate for the backward pass but the logits themselves:
+/// d logits = (softmax − onehot) · dy.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (t_fwd, t_bwd) = (targets.unsqueeze(1)?, targets.unsqueeze(1)?);
+    fused(
+        logits,
+        "cross-entropy",
+        move |x| {
+            let x = x.to_dtype(DType::F32)?;
+            let max = x.max_keepdim(D::Minus1)?;
+            let lse = (x
+                .broadcast_sub(&max)?
+                .exp()?
+                .sum_keepdim(D::Minus1)?
+                .log()?
+                + &max)?;
+            (lse - x.gather(&t_fwd, D::Minus1)?)?.squeeze(1)
+        },
+        move |x, _y, dy| {
+            let probs = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?;
+            let dy = dy.unsqueeze(1)?;
+            let picked = Tensor::zeros_like(&probs)?.scatter_add(&t_bwd, &dy.neg()?, 1)?;
+            probs.broadcast_mul(&dy)? + picked
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Gradients of `op` and of `reference` (candle's composed ops) agree.
+    fn same_gradients(
+        x: &Tensor,
+        op: impl Fn(&Tensor) -> Result<Tensor>,
+        reference: impl Fn(&Tensor) -> Result<Tensor>,
+    ) {
+        let a = Var::from_tensor(x).unwrap();
+        let b = Var::from_tensor(x).unwrap();
+        let ya = op(a.as_tensor()).unwrap();
+        let yb = reference(b.as_tensor()).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, ya.dims(), &Device::Cpu).unwrap();
+        let diff = |p: &Tensor, q: &Tensor| -> f32 {
+            (p - q)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(diff(&ya, &yb) < 1e-5, "forward differs");
+        let ga = (ya * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gb = (yb * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (ga, gb) = (
+            ga.get(a.as_tensor()).unwrap(),
+            gb.get(b.as_tensor()).unwrap(),
+        );
+        assert!(diff(ga, gb) < 1e-4, "gradient differs by {}", diff(ga, gb));
+    }
+
+    #[test]
+    fn rope_gradient() {
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &Device::Cpu).unwrap();
+        let angles = Tensor::randn(0f32, 1.0, (5, 4), &Device::Cpu).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let (c2, s2) = (cos.clone(), sin.clone());
+        same_gradients(
+            &x,
+            move |x| rope(x, &cos, &sin),
+            move |x| candle_nn::rotary_emb::rope_slow(x, &c2, &s2),
+        );
+    }
+
+    #[test]
+    fn cross_entropy_gradient() {
+        let x = Tensor::randn(0f32, 3.0, (6, 11), &Device::Cpu).unwrap();
+        let t = Tensor::new(&[0u32, 3, 10, 5, 5, 1], &Device::Cpu).unwrap();
+        let t2 = t.clone();
+        same_gradients(
+            &x,
+            move |x| cross_entropy_rows(x, &t),
+            move |x| {
+                let lp = candle_nn::ops::log_softmax(x, D::Minus1)?;
+                lp.gather(&t2.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+            },
+        );
+    }
+
+    #[test]
+    fn softmax_gradient() {
+        let x = Tensor::randn(0f32, 2.0, (3, 5, 7), &Device::Cpu).unwrap();
+        same_gradients(&x, softmax_last_dim, |x| {
+            candle_nn::ops::softmax(x, D::Minus1)
+        });
+    }
+
+    #[test]
+    fn rms_gradient() {
+        let x = Tensor::randn(0f32, 2.0, (4, 6, 16), &Device::Cpu).unwrap();
+        same_gradients(
+            &x,
+            |x| rms_normalize(x, 1e-6),
+            |x| {
+                let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_div(&(var + 1e-6)?.sqrt()?)
+            },
+        );
+    }
+
+    #[test]
+    fn frozen_matmul_gradient_and_no_weight_gradient() {
+        let w = Tensor::randn(0f32, 1.0, (6, 4), &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (5, 4), &Device::Cpu).unwrap();
+        let wc = w.clone();
+        same_gradients(&x, move |x| frozen_matmul(x, &wc), |x| x.matmul(&w.t()?));
+    }
+}

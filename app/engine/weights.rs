@@ -1,0 +1,209 @@
+//! Frozen base weights by Hugging Face tensor name, from memory-mapped safetensors (one file or shards)
+//! or from a GGUF file (dequantized on load). Pickle formats are refused before anything is read.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use super::error::{ModelError, Result};
+use super::gguf::GgufModel;
+
+pub struct Weights {
+    store: Store,
+}
+
+enum Store {
+    Safetensors {
+        files: Vec<(PathBuf, MmapedSafetensors)>,
+        /// Tensor name → index into `files`.
+        routing: HashMap<String, usize>,
+    },
+    Gguf(Box<GgufModel>),
+}
+
+/// Extensions of pickle-based checkpoints, which can run code when loaded.
+pub const PICKLE_EXTENSIONS: [&str; 5] = ["bin", "pt", "pth", "ckpt", "pkl"];
+
+pub fn refuse_pickle(path: &Path) -> Result<()> {
+    match pickle_error(path) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn pickle_error(path: &Path) -> Option<ModelError> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    PICKLE_EXTENSIONS
+        .contains(&ext.to_ascii_lowercase().as_str())
+        .then(|| ModelError::Pickle {
+            path: path.to_path_buf(),
+            ext: format!(".{ext}"),
+        })
+}
+
+impl Weights {
+    /// Map safetensors files and read their headers; a truncated or corrupt file is reported here,
+    /// before any tensor is used.
+    pub fn open_safetensors(paths: &[PathBuf]) -> Result<Weights> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut routing = HashMap::new();
+        for (index, path) in paths.iter().enumerate() {
+            refuse_pickle(path)?;
+            if !path.is_file() {
+                return Err(ModelError::NotFound(format!(
+                    "{}: weight file is missing; download the model again",
+                    path.display()
+                )));
+            }
+            // SAFETY: the map is read-only; as with every mmap, a file truncated by another process
+            // while mapped could fault, which is the same contract transformers and candle rely on.
+            let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| ModelError::Safetensors {
+                path: path.clone(),
+                message: format!(
+                    "not a valid safetensors file ({}); it may be truncated or corrupt: download it again",
+                    root_message(&e)
+                ),
+            })?;
+            for (name, _) in st.tensors() {
+                routing.insert(name, index);
+            }
+            files.push((path.clone(), st));
+        }
+        Ok(Weights {
+            store: Store::Safetensors { files, routing },
+        })
+    }
+
+    pub fn from_gguf(model: GgufModel) -> Weights {
+        Weights {
+            store: Store::Gguf(Box::new(model)),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.store {
+            Store::Safetensors { routing, .. } => routing.contains_key(name),
+            Store::Gguf(g) => g.contains(name),
+        }
+    }
+
+    /// The tensor `name` on `device` as `dtype`, checked against the shape the model expects.
+    pub fn get(
+        &self,
+        name: &str,
+        shape: &[usize],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let (tensor, origin) = match &self.store {
+            Store::Safetensors { files, routing } => {
+                let index = *routing.get(name).ok_or_else(|| self.missing(name))?;
+                let (path, st) = &files[index];
+                let t = st
+                    .load(name, &Device::Cpu)
+                    .map_err(|e| ModelError::Safetensors {
+                        path: path.clone(),
+                        message: format!("tensor `{name}`: {}", root_message(&e)),
+                    })?;
+                (t, path.as_path())
+            }
+            Store::Gguf(g) => (g.tensor(name)?, g.path()),
+        };
+        if tensor.dims() != shape {
+            return Err(ModelError::Safetensors {
+                path: origin.to_path_buf(),
+                message: format!(
+                    "tensor `{name}` has shape {:?} but config.json implies {shape:?}; the weights and the config do not belong together",
+                    tensor.dims()
+                ),
+            });
+        }
+        Ok(tensor.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    fn missing(&self, name: &str) -> ModelError {
+        let where_ = match &self.store {
+            Store::Safetensors { files, .. } => files
+                .iter()
+                .map(|(p, _)| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Store::Gguf(g) => g.path().display().to_string(),
+        };
+        ModelError::NotFound(format!(
+            "tensor `{name}` is not in {where_}; the weights do not match config.json's architecture"
+        ))
+    }
+}
+
+/// candle wraps errors in context layers; users need the innermost reason.
+pub fn root_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithPath { inner, .. } => root_message(inner),
+        candle_core::Error::WithBacktrace { inner, .. } => root_message(inner),
+        candle_core::Error::Context { inner, .. } => root_message(inner),
+        other => other.to_string(),
+    }
+}
+
+/// The safetensors files of a folder: `model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json` (every listed shard must exist).
+pub fn safetensors_files(folder: &Path) -> Result<Vec<PathBuf>> {
+    let index = folder.join("model.safetensors.index.json");
+    if index.is_file() {
+        let value = super::error::read_json(&index)?;
+        let map = value
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| {
+                ModelError::field(&index, "weight_map", "is missing or not an object")
+            })?;
+        let mut shards: Vec<PathBuf> = Vec::new();
+        for (tensor, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                ModelError::field(
+                    &index,
+                    format!("weight_map.{tensor}"),
+                    "must be a file name",
+                )
+            })?;
+            let path = folder.join(file);
+            if !shards.contains(&path) {
+                shards.push(path);
+            }
+        }
+        shards.sort();
+        for shard in &shards {
+            if !shard.is_file() {
+                return Err(ModelError::NotFound(format!(
+                    "{}: shard listed in {} is missing; download the model again",
+                    shard.display(),
+                    index.display()
+                )));
+            }
+        }
+        return Ok(shards);
+    }
+    let single = folder.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(no_weights_error(folder))
+}
+
+fn no_weights_error(folder: &Path) -> ModelError {
+    let pickle = std::fs::read_dir(folder).ok().and_then(|entries| {
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find_map(|p| pickle_error(&p))
+    });
+    match pickle {
+        Some(refusal) => refusal,
+        None => ModelError::NotFound(format!(
+            "{}: no model.safetensors (or shards with model.safetensors.index.json) in this folder; pick the folder that holds the model's config.json and weights",
+            folder.display()
+        )),
+    }
+}

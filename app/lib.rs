@@ -1,0 +1,6 @@
+//! Loft: fine-tune Hugging Face language models with LoRA and QLoRA on your own workstation.
+//!
+//! `engine` is the whole product without pixels; `cli` is its scripting face.
+
+pub mod cli;
+pub mod engine;

@@ -1,0 +1,199 @@
+//! Forward parity with transformers on tiny random models of every supported architecture
+//! (fixtures made by scripts/make_model_fixtures.py), and the loader's answers to broken folders.
+
+mod support;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use loft::engine::arch::Arch;
+use loft::engine::model::{KvCache, LoadOptions, Model};
+use loft::engine::source::{ModelFiles, ModelSource, WeightFiles};
+use loft::engine::weights::Weights;
+
+const ARCHS: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "gemma3"];
+
+fn load_folder(folder: &Path) -> loft::engine::Result<Model> {
+    let files = ModelFiles::from_folder(folder)?;
+    let arch = Arch::from_config_file(files.config.as_deref().unwrap())?;
+    let WeightFiles::Safetensors(paths) = &files.weights else {
+        panic!("expected safetensors")
+    };
+    Model::load(
+        &arch,
+        &Weights::open_safetensors(paths)?,
+        &LoadOptions::default(),
+    )
+}
+
+fn expected(folder: &Path) -> (Tensor, Tensor) {
+    let t =
+        candle_core::safetensors::load(folder.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let ids = t["input_ids"].to_dtype(DType::U32).unwrap();
+    (ids, t["logits"].clone())
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn tiny_models_match_transformers_logits() {
+    for arch in ARCHS {
+        let folder = support::fixtures().join("tiny").join(arch);
+        let model = load_folder(&folder).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let (ids, want) = expected(&folder);
+        let got = model.forward(&ids, 0, None).unwrap();
+        let diff = max_abs_diff(&got, &want);
+        assert!(
+            diff < 1e-4,
+            "{arch}: logits differ from transformers by {diff}"
+        );
+    }
+}
+
+#[test]
+fn transformers4_config_style_gives_the_same_model() {
+    let folder = support::fixtures().join("tiny").join("llama");
+    let tmp = support::copy_to_temp(&folder);
+    std::fs::copy(
+        folder.join("config.tf4.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    let tf4 = Arch::from_config_file(&tmp.path().join("config.json")).unwrap();
+    let tf5 = Arch::from_config_file(&folder.join("config.json")).unwrap();
+    assert_eq!(tf4.rope, tf5.rope);
+    let model = load_folder(tmp.path()).unwrap();
+    let (ids, want) = expected(&folder);
+    assert!(max_abs_diff(&model.forward(&ids, 0, None).unwrap(), &want) < 1e-4);
+}
+
+#[test]
+fn sharded_folder_is_found_through_its_index() {
+    let folder = support::fixtures().join("tiny").join("qwen2");
+    let files = ModelFiles::from_folder(&folder).unwrap();
+    let WeightFiles::Safetensors(paths) = files.weights else {
+        panic!()
+    };
+    assert_eq!(paths.len(), 3, "{paths:?}");
+}
+
+#[test]
+fn incremental_decoding_with_cache_matches_full_forward() {
+    // gemma3 has a 4-token sliding window: the cache path must mask old keys exactly like the full pass.
+    for arch in ["llama", "gemma3"] {
+        let folder = support::fixtures().join("tiny").join(arch);
+        let model = load_folder(&folder).unwrap();
+        let (ids, _) = expected(&folder);
+        let full = model.forward(&ids, 0, None).unwrap();
+        let mut cache = KvCache::new(&model);
+        let n = ids.dim(1).unwrap();
+        let prefix = model
+            .forward(&ids.narrow(1, 0, 5).unwrap(), 0, Some(&mut cache))
+            .unwrap();
+        let mut steps = vec![prefix];
+        for pos in 5..n {
+            steps.push(
+                model
+                    .forward(&ids.narrow(1, pos, 1).unwrap(), pos, Some(&mut cache))
+                    .unwrap(),
+            );
+        }
+        let stepped = Tensor::cat(&steps, 1).unwrap();
+        let diff = max_abs_diff(&stepped, &full);
+        assert!(diff < 1e-4, "{arch}: cached decoding differs by {diff}");
+        assert_eq!(cache.len(), n);
+        let last = model.forward_last(&ids, 0, None).unwrap();
+        let want_last = full.narrow(1, n - 1, 1).unwrap().squeeze(1).unwrap();
+        assert!(max_abs_diff(&last, &want_last) < 1e-5);
+        assert_eq!(
+            last.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap(),
+            want_last
+                .argmax(D::Minus1)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap()
+        );
+    }
+}
+
+#[test]
+fn pickle_weights_are_refused_with_advice() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        support::fixtures().join("tiny/llama/config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("pytorch_model.bin"), b"not really a pickle").unwrap();
+    let msg = ModelFiles::from_folder(tmp.path()).unwrap_err().to_string();
+    assert!(
+        msg.contains("pytorch_model.bin") && msg.contains("safetensors"),
+        "{msg}"
+    );
+    let msg = ModelSource::parse(tmp.path().join("pytorch_model.bin").to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("pickle"), "{msg}");
+}
+
+#[test]
+fn truncated_safetensors_names_the_file() {
+    let tmp = support::copy_to_temp(&support::fixtures().join("tiny/llama"));
+    let weights = tmp.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    for cut in [4, 100, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(&weights, &bytes[..cut]).unwrap();
+        let msg = match load_folder(tmp.path()) {
+            Ok(_) => panic!("a file cut to {cut} bytes loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.contains("model.safetensors") && msg.contains("download it again"),
+            "{cut}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn config_problems_name_the_file_and_field() {
+    let tmp = support::copy_to_temp(&support::fixtures().join("tiny/llama"));
+    let config = tmp.path().join("config.json");
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    value["vocab_size"] = serde_json::json!(300);
+    std::fs::write(&config, value.to_string()).unwrap();
+    let msg = load_folder(tmp.path()).err().unwrap().to_string();
+    assert!(
+        msg.contains("embed_tokens") && msg.contains("shape"),
+        "{msg}"
+    );
+    std::fs::write(&config, "{\"model_type\": \"llama\",\n  \"hidden_size\": }").unwrap();
+    let msg = load_folder(tmp.path()).err().unwrap().to_string();
+    assert!(msg.contains("config.json:2:"), "{msg}");
+    std::fs::remove_file(tmp.path().join("model.safetensors")).unwrap();
+    std::fs::copy(support::fixtures().join("tiny/llama/config.json"), &config).unwrap();
+    let msg = ModelFiles::from_folder(tmp.path()).unwrap_err().to_string();
+    assert!(msg.contains("no model.safetensors"), "{msg}");
+}
+
+#[test]
+fn missing_shard_is_named() {
+    let tmp = support::copy_to_temp(&support::fixtures().join("tiny/qwen2"));
+    std::fs::remove_file(tmp.path().join("model-00002-of-00003.safetensors")).unwrap();
+    let msg = ModelFiles::from_folder(tmp.path()).unwrap_err().to_string();
+    assert!(
+        msg.contains("model-00002-of-00003.safetensors") && msg.contains("missing"),
+        "{msg}"
+    );
+}

@@ -1,0 +1,179 @@
+//! The real SmolLM2-135M-Instruct, from its GGUF and from a Hugging Face folder: Loft's tokens,
+//! last-token logits and greedy answers match transformers (fixtures by scripts/make_model_fixtures.py).
+
+mod support;
+
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{Device, Tensor};
+use loft::engine::chat::{ChatMessage, TemplateOrigin};
+use loft::engine::generate::{generate, Sampling};
+use loft::engine::model::LoadOptions;
+use loft::engine::source::{self, LoadedModel, ModelFiles, ModelSource};
+
+fn messages(prompt: &serde_json::Value) -> Vec<ChatMessage> {
+    serde_json::from_value(prompt["messages"].clone()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Everything transformers recorded, checked against one loaded model.
+fn check_against_transformers(loaded: &LoadedModel, label: &str) {
+    let reference = support::smollm2_reference();
+    let logits = candle_core::safetensors::load(
+        support::fixtures().join("smollm2/logits.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (i, prompt) in reference["prompts"].as_array().unwrap().iter().enumerate() {
+        let text = loaded.template.render(&messages(prompt), true).unwrap();
+        assert_eq!(
+            text,
+            prompt["text"].as_str().unwrap(),
+            "{label}: prompt {i} renders differently"
+        );
+        let encoding = loaded.tokenizer.encode(text.as_str(), false).unwrap();
+        let prompt_ids = ids(&prompt["input_ids"]);
+        assert_eq!(
+            encoding.get_ids(),
+            prompt_ids.as_slice(),
+            "{label}: prompt {i} tokenizes differently"
+        );
+
+        let input = Tensor::new(prompt_ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let got = loaded
+            .model
+            .forward_last(&input, 0, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let want = &logits[&format!("prompt{i}")];
+        let diff: f32 = (&got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(
+            diff < 1e-3,
+            "{label}: prompt {i} last-token logits differ by {diff}"
+        );
+
+        let sampling = Sampling {
+            max_new_tokens: 32,
+            ..Sampling::default()
+        };
+        let out = generate(
+            &loaded.model,
+            &prompt_ids,
+            &sampling,
+            &loaded.stop_tokens,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            out.tokens,
+            ids(&prompt["greedy_ids"]),
+            "{label}: prompt {i} greedy answer differs"
+        );
+    }
+}
+
+#[test]
+fn gguf_matches_transformers() {
+    let gguf = support::smollm2_gguf();
+    let files = source::resolve(
+        &ModelSource::parse(gguf.to_str().unwrap()).unwrap(),
+        &mut offline_resolve(),
+    )
+    .unwrap();
+    let info = source::inspect(&files).unwrap();
+    assert_eq!(info.arch.model_type, "llama");
+    assert_eq!(info.parameters, 134_515_008);
+    assert_eq!((info.vocab_size, info.context_length), (49152, 8192));
+    assert_eq!(info.chat_template, TemplateOrigin::Model);
+    assert_eq!(info.dtype.as_deref(), Some("Q4_1"));
+    let loaded = source::load(&files, &LoadOptions::default()).unwrap();
+    assert!(
+        loaded.stop_tokens.contains(&2),
+        "<|im_end|> (2) must stop answers: {:?}",
+        loaded.stop_tokens
+    );
+    check_against_transformers(&loaded, "gguf");
+}
+
+#[test]
+fn hf_folder_matches_transformers() {
+    let folder = support::smollm2_hf_folder();
+    let reference = support::smollm2_reference();
+    // The folder's weights are Loft's dequantisation of the GGUF: check them against transformers' own.
+    let weights =
+        candle_core::safetensors::load(folder.join("model.safetensors"), &Device::Cpu).unwrap();
+    for (name, sums) in reference["weights"].as_object().unwrap() {
+        let Some(t) = weights.get(name) else {
+            assert_eq!(
+                name, "lm_head.weight",
+                "tensor {name} missing from the converted folder"
+            );
+            continue;
+        };
+        let flat = t
+            .flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap();
+        let sum: f64 = flat.sum_all().unwrap().to_scalar().unwrap();
+        let sumsq: f64 = flat.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        let want_sumsq = sums["sumsq"].as_f64().unwrap();
+        assert!(
+            (sumsq - want_sumsq).abs() <= 1e-6 * want_sumsq.max(1.0),
+            "{name}: sum of squares {sumsq} vs {want_sumsq}"
+        );
+        assert!(
+            (sum - sums["sum"].as_f64().unwrap()).abs() <= 1e-6 * want_sumsq.max(1.0),
+            "{name}: sum {sum}"
+        );
+        let head = flat
+            .narrow(0, 0, 4)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want_head: Vec<f32> = sums["head"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(
+            head, want_head,
+            "{name}: first values differ (q/k permutation?)"
+        );
+    }
+    let files = ModelFiles::from_folder(&folder).unwrap();
+    let loaded = source::load(&files, &LoadOptions::default()).unwrap();
+    check_against_transformers(&loaded, "hf folder");
+}
+
+fn offline_resolve() -> source::Resolve<'static> {
+    static CANCEL: AtomicBool = AtomicBool::new(false);
+    source::Resolve {
+        hub: Default::default(),
+        offline: true,
+        on_download: Box::leak(Box::new(|_| {})),
+        cancel: &CANCEL,
+    }
+}

