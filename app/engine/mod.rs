@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod cache;
 pub mod chat;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod generate;

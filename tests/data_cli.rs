@@ -1,0 +1,247 @@
+//! `loft validate`: exit status 0 (usable), 1 (errors), 2 (cannot be read), and the --json report.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn loft(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_loft"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run loft");
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("--json printed invalid JSON ({e}): {stdout}"))
+}
+
+fn sample(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join("samples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let path = path.display().to_string();
+    (dir, path)
+}
+
+#[test]
+fn clean_data_exits_0() {
+    let (code, out, err) = loft(&["validate", &sample("support-chat.jsonl")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("✓ usable: 105 rows"), "{out}");
+    assert!(out.contains("turns per conversation"), "{out}");
+    let (code, out, _) = loft(&["validate", &sample("support-instruction.json"), "--json"]);
+    assert_eq!(code, 0);
+    let report = json(&out);
+    assert_eq!(report["format"], "instruction");
+    assert_eq!(report["rows"], 105);
+    assert_eq!(report["usable_rows"], 105);
+    assert_eq!(report["errors"].as_array().unwrap().len(), 0);
+    assert_eq!(report["warnings"].as_array().unwrap().len(), 0);
+    assert!(report["stats"]["characters"]["median"].as_u64().unwrap() > 100);
+    assert!(report["stats"]["tokens"].is_null());
+    assert!(report["eval"].is_null());
+}
+
+#[test]
+fn errors_exit_1_and_are_listed() {
+    let body = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"bot\", \"content\": \"hello\"}]}\n{\"instruction\": \"x\", \"output\": \"y\"\n";
+    let (_dir, path) = temp_file("data.jsonl", body.as_bytes());
+    let (code, out, _) = loft(&["validate", &path]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("line 1, messages[1].role: unknown role `bot`"),
+        "{out}"
+    );
+    assert!(out.contains("line 2, column 35"), "{out}");
+    let (code, out, _) = loft(&["validate", &path, "--json"]);
+    assert_eq!(code, 1);
+    let report = json(&out);
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0]["row"], 1);
+    assert_eq!(errors[0]["field"], "messages[1].role");
+    assert!(errors[0]["column"].is_null());
+    assert_eq!(errors[1]["line"], 2);
+    assert_eq!(errors[1]["column"], 35);
+    assert_eq!(report["usable_rows"], 0);
+}
+
+#[test]
+fn warnings_alone_exit_0() {
+    let row = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n";
+    let (_dir, path) = temp_file("data.jsonl", row.repeat(3).as_bytes());
+    let (code, out, _) = loft(&["validate", &path, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let report = json(&out);
+    let kinds: Vec<&str> = report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["duplicate", "duplicate", "few_rows"]);
+    assert_eq!(report["warnings"][0]["rows"], serde_json::json!([2, 1]));
+    assert_eq!(report["stats"]["duplicates_removed"], 2);
+    assert_eq!(report["usable_rows"], 1);
+}
+
+#[test]
+fn empty_data_exits_1() {
+    let (_dir, path) = temp_file("data.jsonl", b"");
+    let (code, out, _) = loft(&["validate", &path]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("empty"), "{out}");
+}
+
+#[test]
+fn unreadable_data_exits_2() {
+    let (code, out, _) = loft(&["validate", "/no/such/file.jsonl"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("cannot be read"), "{out}");
+    let (code, out, _) = loft(&["validate", "/no/such/file.jsonl", "--json"]);
+    assert_eq!(code, 2);
+    let report = json(&out);
+    assert!(
+        report["fatal"].as_str().unwrap().contains("No such file"),
+        "{report}"
+    );
+    assert_eq!(report["errors"][0]["kind"], "unreadable");
+    assert!(report["format"].is_null());
+    let (_dir, path) = temp_file("data.jsonl", b"\x00\x01\x02binary");
+    let (code, out, _) = loft(&["validate", &path, "--json"]);
+    assert_eq!(code, 2);
+    assert_eq!(json(&out)["errors"][0]["offset"], 0);
+}
+
+#[test]
+fn eval_split_is_reported() {
+    let (code, out, _) = loft(&[
+        "validate",
+        &sample("support-chat.jsonl"),
+        "--eval-split",
+        "0.1",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let split = &json(&out)["stats"]["split"];
+    assert_eq!(split["eval_rows"], 11);
+    assert_eq!(split["train_rows"], 94);
+    assert_eq!(split["seed"], 42);
+    let (code, out, _) = loft(&[
+        "validate",
+        &sample("support-chat.jsonl"),
+        "--eval-split",
+        "20",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["stats"]["split"]["eval_rows"], 20);
+    let (code, _, err) = loft(&[
+        "validate",
+        &sample("support-chat.jsonl"),
+        "--eval-split",
+        "1.5",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("fraction"), "{err}");
+}
+
+#[test]
+fn an_eval_file_that_overlaps_the_training_data_is_flagged() {
+    let text = std::fs::read_to_string(sample("support-chat.jsonl")).unwrap();
+    let eval: String = text.lines().take(3).map(|l| format!("{l}\n")).collect();
+    let (_dir, path) = temp_file("eval.jsonl", eval.as_bytes());
+    let (code, out, _) = loft(&[
+        "validate",
+        &sample("support-chat.jsonl"),
+        "--eval-file",
+        &path,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let report = json(&out);
+    assert_eq!(report["stats"]["split"]["method"], "file");
+    assert_eq!(report["stats"]["split"]["eval_rows"], 3);
+    let overlap: Vec<&serde_json::Value> = report["eval"]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["kind"] == "eval_overlap")
+        .collect();
+    assert_eq!(overlap.len(), 3);
+    assert_eq!(overlap[0]["rows"], serde_json::json!([1, 1]));
+}
+
+#[test]
+fn with_a_model_tokens_and_overlong_rows_are_reported() {
+    let gguf = support::smollm2_gguf().display().to_string();
+    let (code, out, err) = loft(&[
+        "validate",
+        &sample("support-chat.jsonl"),
+        "--model",
+        &gguf,
+        "--max-seq-len",
+        "160",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report = json(&out);
+    let tokens = &report["stats"]["tokens"];
+    assert!(tokens["min"].as_u64().unwrap() > 50, "{tokens}");
+    let encoding = &report["stats"]["encoding"];
+    let over = encoding["over_max_seq_len"].as_u64().unwrap();
+    assert!(over > 0 && over < 105, "{encoding}");
+    assert_eq!(encoding["dropped"], over);
+    assert_eq!(report["usable_rows"].as_u64().unwrap(), 105 - over);
+    assert_eq!(report["stats"]["histogram"]["unit"], "tokens");
+    assert_eq!(report["stats"]["histogram"]["limit"], 160);
+    let too_long = report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["kind"] == "too_long")
+        .count();
+    assert_eq!(too_long as u64, over);
+    // Truncating instead keeps every row; the text report says what happened.
+    let (code, out, _) = loft(&[
+        "validate",
+        &sample("support-chat.jsonl"),
+        "--model",
+        &gguf,
+        "--max-seq-len",
+        "160",
+        "--truncate",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("{over} over it ({over} truncated)")),
+        "{out}"
+    );
+    assert!(out.contains("✓ usable: 105 rows"), "{out}");
+    // A model that does not exist: cannot validate.
+    let (code, _, err) = loft(&[
+        "validate",
+        &sample("support-chat.jsonl"),
+        "--model",
+        "/no/such/model.gguf",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot use the model"), "{err}");
+}
