@@ -1,7 +1,9 @@
 //! `loft` on the command line: the same engine functions the app calls, for scripts, tests and benchmarks.
 
+mod bench;
 mod data;
 mod models;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,11 @@ enum Command {
     /// Check a dataset (.json/.jsonl) and, with --model, encode it as training will. Exit status: 0 usable,
     /// 1 errors, 2 cannot be read.
     Validate(data::ValidateArgs),
+    /// Train a LoRA adapter (or resume a run); the last line printed is the run folder.
+    Train(Box<train::TrainArgs>),
+    /// Measure training-step speed and peak memory on synthetic tokens (for scripts/bench_train.sh).
+    #[command(hide = true)]
+    BenchTrain(bench::BenchTrainArgs),
 }
 
 /// Run the command line; returns the process exit code.
@@ -38,6 +45,8 @@ pub fn main() -> i32 {
         Some(Command::Models(args)) => models::models(args).map(|()| 0),
         Some(Command::Generate(args)) => models::generate(args).map(|()| 0),
         Some(Command::Validate(args)) => data::validate(args),
+        Some(Command::Train(args)) => train::train(*args).map(|()| 0),
+        Some(Command::BenchTrain(args)) => bench::bench_train(args).map(|()| 0),
         None => {
             use clap::CommandFactory;
             // The desktop window arrives with the app issue; until then, show what the CLI does.

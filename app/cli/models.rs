@@ -161,12 +161,21 @@ pub struct GenerateArgs {
     /// Print load time and speed to stderr.
     #[arg(long)]
     stats: bool,
+    /// Answer with a LoRA adapter: an adapter folder (PEFT format) or a run folder.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let files = args.model.resolve()?;
     let (device, dtype) = device::best_device();
-    let loaded = source::load(&files, &LoadOptions { device, dtype })?;
+    let mut loaded = source::load(&files, &LoadOptions { device, dtype })?;
+    if let Some(path) = &args.adapter {
+        crate::engine::adapter::load_peft(
+            &mut loaded.model,
+            &crate::engine::adapter::adapter_dir(path),
+        )?;
+    }
     let prompt = if args.raw {
         args.prompt.clone()
     } else {

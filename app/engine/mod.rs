@@ -1,18 +1,21 @@
 //! The whole product without pixels: plain blocking functions over plain data.
 //! Nothing under `engine` may import a UI crate; the GUI and the CLI both call in here.
 
+pub mod adapter;
 pub mod arch;
 pub mod cache;
 pub mod chat;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod fsutil;
 pub mod generate;
 pub mod gguf;
 pub mod hub;
 pub mod model;
 pub mod source;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -1,0 +1,12 @@
+//! Training LoRA adapters: the configuration, the loss, the optimizer, the run folder, and the loop
+//! that drives them on a worker thread.
+
+pub mod config;
+pub mod loss;
+pub mod optim;
+pub mod prepare;
+pub mod run;
+pub mod trainer;
+
+pub use config::{Schedule, TrainConfig};
+pub use trainer::{spawn, TrainCommand, TrainEvent, TrainHandle, TrainJob};

@@ -1,0 +1,175 @@
+//! From a run's specification to a ready `TrainJob`: resolve and load the model, validate and split the
+//! data, encode it with the model's tokenizer and chat template. The CLI and the app both start runs here.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use super::run::{sha256_file, RunDir, RunSpec};
+use super::trainer::TrainJob;
+use crate::engine::data::{
+    encode_dataset, validate_file, Dataset, EncodeOptions, Example, Overlong, Progress, SplitSpec,
+    TrainOn, ValidateOptions,
+};
+use crate::engine::device;
+use crate::engine::error::{ModelError, Result};
+use crate::engine::hub::{DownloadEvent, HubOptions};
+use crate::engine::model::LoadOptions;
+use crate::engine::source::{self, ModelSource, Resolve};
+
+/// What preparing a run found, for the user to see before training starts.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub train_examples: usize,
+    pub eval_examples: usize,
+    pub dropped_overlong: usize,
+    pub device: String,
+}
+
+/// Where preparation is, for progress displays.
+#[derive(Debug, Clone)]
+pub enum PrepareEvent {
+    Download(DownloadEvent),
+    LoadingModel,
+    Data(Progress),
+}
+
+/// Start a new run (`resume` None) or reopen one to continue it.
+pub fn prepare(
+    spec: &RunSpec,
+    run: RunDir,
+    resume: bool,
+    on_event: &mut dyn FnMut(PrepareEvent),
+    cancel: &AtomicBool,
+) -> Result<(TrainJob, Prepared)> {
+    if resume {
+        check_unchanged(&spec.data, &spec.data_sha256)?;
+        if let (Some(eval), Some(hash)) = (&spec.eval_data, &spec.eval_data_sha256) {
+            check_unchanged(eval, hash)?;
+        }
+    }
+    let source = ModelSource::parse(&spec.model)?;
+    let files = {
+        let mut on_download = |e| on_event(PrepareEvent::Download(e));
+        let mut how = Resolve {
+            hub: HubOptions::default(),
+            offline: false,
+            on_download: &mut on_download,
+            cancel,
+        };
+        source::resolve(&source, &mut how)?
+    };
+    on_event(PrepareEvent::LoadingModel);
+    let (device, dtype) = device::best_device();
+    let device_name = device::describe(&device);
+    let loaded = source::load(&files, &LoadOptions { device, dtype })?;
+    let (train_set, eval_set) = datasets(spec, on_event, cancel)?;
+    let options = EncodeOptions {
+        max_seq_len: spec.train.max_seq_len,
+        train_on: if spec.train_on_all_tokens {
+            TrainOn::All
+        } else {
+            TrainOn::Assistant
+        },
+        overlong: if spec.truncate_overlong {
+            Overlong::Truncate
+        } else {
+            Overlong::Drop
+        },
+        batch_size: spec.train.micro_batch_size,
+        seed: spec.train.seed,
+        ..EncodeOptions::default()
+    };
+    let mut encode = |set: &Dataset| -> Result<(Vec<Example>, usize)> {
+        let mut progress = |p| on_event(PrepareEvent::Data(p));
+        let encoded = encode_dataset(
+            set,
+            &loaded.tokenizer,
+            &loaded.template,
+            &options,
+            &mut progress,
+            cancel,
+        )
+        .map_err(|e| ModelError::NotFound(e.to_string()))?;
+        let dropped = encoded.summary.dropped;
+        Ok((encoded.examples, dropped))
+    };
+    let (train, dropped_train) = encode(&train_set)?;
+    let (eval, dropped_eval) = encode(&eval_set)?;
+    if train.is_empty() {
+        return Err(ModelError::NotFound(format!(
+            "no training example is left after encoding {} (all rows were too long for max_seq_len {}, or unusable): raise max_seq_len or fix the rows the report lists",
+            spec.data.display(),
+            spec.train.max_seq_len
+        )));
+    }
+    let pad_id = loaded.stop_tokens.first().copied().unwrap_or(0);
+    let prepared = Prepared {
+        train_examples: train.len(),
+        eval_examples: eval.len(),
+        dropped_overlong: dropped_train + dropped_eval,
+        device: device_name,
+    };
+    let job = TrainJob {
+        model: loaded.model,
+        train,
+        eval,
+        config: spec.train.clone(),
+        run,
+        base_model: spec.model.clone(),
+        resume,
+        pad_id,
+    };
+    Ok((job, prepared))
+}
+
+/// The training and evaluation sets: the eval file when there is one, else a seeded split.
+fn datasets(
+    spec: &RunSpec,
+    on_event: &mut dyn FnMut(PrepareEvent),
+    cancel: &AtomicBool,
+) -> Result<(Dataset, Dataset)> {
+    let mut read = |path: &Path| -> Result<Dataset> {
+        let mut progress = |p| on_event(PrepareEvent::Data(p));
+        let validated = validate_file(path, &ValidateOptions::default(), &mut progress, cancel)
+            .map_err(|e| ModelError::NotFound(e.to_string()))?;
+        if let Err(e) = validated.report.check_trainable(spec.skip_error_rows) {
+            return Err(ModelError::NotFound(format!(
+                "{}: {e}; run `loft validate {}` to see the rows{}",
+                path.display(),
+                path.display(),
+                if spec.skip_error_rows {
+                    ""
+                } else {
+                    " (or pass --skip-error-rows to train without them)"
+                }
+            )));
+        }
+        Ok(validated.dataset)
+    };
+    let data = read(&spec.data)?;
+    match &spec.eval_data {
+        Some(eval) => Ok((data, read(eval)?)),
+        None => {
+            let split = if spec.eval_split <= 0.0 {
+                SplitSpec::None
+            } else if spec.eval_split < 1.0 {
+                SplitSpec::Fraction(spec.eval_split)
+            } else {
+                SplitSpec::Count(spec.eval_split as usize)
+            };
+            data.split(&split, spec.train.seed)
+                .map_err(|e| ModelError::NotFound(e.to_string()))
+        }
+    }
+}
+
+fn check_unchanged(path: &Path, hash: &str) -> Result<()> {
+    let now = sha256_file(path)?;
+    if now != hash {
+        return Err(ModelError::NotFound(format!(
+            "{} changed since this run started, so resuming would train on different data; start a new run instead",
+            path.display()
+        )));
+    }
+    Ok(())
+}
