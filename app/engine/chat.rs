@@ -1,14 +1,17 @@
-//! Chat templates: the model's own Jinja template (tokenizer_config.json, chat_template.jinja, or GGUF
-//! metadata) rendered with minijinja in a sandbox, configured as transformers configures Jinja2, so that
-//! Loft produces exactly the text transformers' `apply_chat_template` produces. A model without a
-//! template gets ChatML, marked as a fallback.
+//! Chat templates: the model's own Jinja template (chat_template.jinja, tokenizer_config.json, or
+//! GGUF metadata) rendered with minijinja in its sandbox, set up the way transformers sets up Jinja2
+//! for `apply_chat_template` (trim_blocks, lstrip_blocks, no kept trailing newline, loop controls,
+//! `raise_exception`, `strftime_now`, a `tojson` that writes like Python's `json.dumps`), so Loft
+//! produces exactly the text transformers produces. A model without a template gets ChatML, marked
+//! as a fallback.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::quantized::gguf_file::Value as GgufValue;
-use minijinja::value::{Serde, Value};
-use minijinja::{Environment, ErrorKind};
+use minijinja::value::{Kwargs, Serde, Value};
+use minijinja::{AutoEscape, Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use super::error::{read_json, ModelError, Result};
@@ -58,28 +61,33 @@ impl ChatTemplate {
     }
 
     /// From a Hugging Face folder: `chat_template.jinja` (transformers 5) wins over
-    /// tokenizer_config.json's `chat_template` (a string, or a list of named templates).
+    /// tokenizer_config.json's `chat_template` (a string, or a list of named templates of which
+    /// "default" is used). bos/eos come from tokenizer_config.json, else special_tokens_map.json
+    /// beside it (older repositories keep them there).
     pub fn from_model_files(
         tokenizer_config: Option<&Path>,
-        jinja: Option<&Path>,
+        chat_template_jinja: Option<&Path>,
     ) -> Result<ChatTemplate> {
         let config = match tokenizer_config {
             Some(path) => Some((path, read_json(path)?)),
             None => None,
         };
-        let token = |key: &str| -> String {
-            config
-                .as_ref()
-                .and_then(|(_, c)| c.get(key))
-                .and_then(token_text)
-                .unwrap_or_default()
+        let source = match (chat_template_jinja, &config) {
+            (Some(path), _) => {
+                Some(std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?)
+            }
+            (None, Some((path, c))) => template_from_config(path, c.get("chat_template"))?,
+            (None, None) => None,
         };
-        let source = match jinja {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?),
-            None => match &config {
-                Some((path, c)) => template_from_config(path, c.get("chat_template"))?,
-                None => None,
-            },
+        let specials = config
+            .as_ref()
+            .and_then(|(path, _)| special_tokens_map(path));
+        let token = |key: &str| -> String {
+            [config.as_ref().map(|(_, c)| c), specials.as_ref()]
+                .into_iter()
+                .flatten()
+                .find_map(|c| c.get(key).and_then(token_text))
+                .unwrap_or_default()
         };
         Ok(match source {
             Some(source) => ChatTemplate {
@@ -96,13 +104,10 @@ impl ChatTemplate {
     }
 
     /// From GGUF metadata (`tokenizer.chat_template`).
-    pub fn from_gguf(
-        metadata: &HashMap<String, GgufValue>,
-        special: &SpecialTokens,
-    ) -> ChatTemplate {
+    pub fn from_gguf(md: &HashMap<String, GgufValue>, special: &SpecialTokens) -> ChatTemplate {
         let text =
             |t: &Option<(String, u32)>| t.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
-        match metadata.get("tokenizer.chat_template") {
+        match md.get("tokenizer.chat_template") {
             Some(GgufValue::String(source)) => ChatTemplate {
                 source: source.clone(),
                 origin: TemplateOrigin::Model,
@@ -116,30 +121,29 @@ impl ChatTemplate {
         }
     }
 
+    /// Whether the template compiles, without rendering anything (for showing a broken template
+    /// as soon as a model is picked).
+    pub fn check(&self) -> Result<()> {
+        compiled(&self.source).map(|_| ())
+    }
+
     /// The conversation as the model reads it; with `add_generation_prompt`, followed by the start of
     /// an assistant turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let mut env = Environment::new();
-        let syntax = minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .map_err(|e| template_error(&e))?;
-        env.set_syntax(syntax);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
-        env.add_filter("tojson", tojson);
+        let env = compiled(&self.source)?;
         let template = env
-            .template_from_str(&self.source)
-            .map_err(|e| template_error(&e))?;
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| render_error(&e))?;
+        // The variables transformers passes: tools and documents are there, as None.
         let context = minijinja::context! {
             messages => Value::from(Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),
+            tools => Value::from(()),
+            documents => Value::from(()),
         };
-        template.render(context).map_err(|e| template_error(&e))
+        template.render(context).map_err(|e| render_error(&e))
     }
 }
 
@@ -147,25 +151,24 @@ fn template_from_config(path: &Path, value: Option<&serde_json::Value>) -> Resul
     match value {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-        Some(serde_json::Value::Array(items)) => {
-            let named = |name: &str| {
-                items.iter().find_map(|t| {
-                    (t.get("name")?.as_str()? == name)
-                        .then(|| t.get("template")?.as_str().map(str::to_string))?
-                })
-            };
-            Ok(named("default").or_else(|| {
-                items
-                    .first()
-                    .and_then(|t| t.get("template")?.as_str().map(str::to_string))
-            }))
-        }
+        // Named templates: transformers uses "default" unless asked for another (like "tool_use");
+        // with no "default" it refuses, and Loft falls back to ChatML, which the UI shows.
+        Some(serde_json::Value::Array(items)) => Ok(items.iter().find_map(|t| {
+            (t.get("name")?.as_str()? == "default")
+                .then(|| t.get("template")?.as_str().map(str::to_string))?
+        })),
         Some(_) => Err(ModelError::field(
             path,
             "chat_template",
-            "must be a string or a list of {name, template}",
+            "must be a string or a list of {\"name\", \"template\"} objects",
         )),
     }
+}
+
+/// special_tokens_map.json beside tokenizer_config.json, if there is a readable one.
+fn special_tokens_map(tokenizer_config: &Path) -> Option<serde_json::Value> {
+    let path = tokenizer_config.with_file_name("special_tokens_map.json");
+    path.is_file().then(|| read_json(&path).ok()).flatten()
 }
 
 /// A special token in tokenizer_config.json: a string, or an object with `content`.
@@ -177,59 +180,220 @@ fn token_text(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-fn template_error(e: &minijinja::Error) -> ModelError {
-    let location = e
-        .line()
-        .map(|l| format!(" (template line {l})"))
-        .unwrap_or_default();
-    let message = match e.kind() {
-        ErrorKind::InvalidOperation if e.detail().is_some() => {
-            e.detail().unwrap_or_default().to_string()
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// A compiled template with its environment. Encoding a dataset renders the same template many
+/// times per conversation, so compiled templates are kept (a handful per process at most).
+fn compiled(source: &str) -> Result<Arc<Environment<'static>>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Environment<'static>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let lock = || cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(env) = lock().get(source) {
+        return Ok(env.clone());
+    }
+    let env = Arc::new(environment(source)?);
+    let mut map = lock();
+    if map.len() >= 16 {
+        map.clear();
+    }
+    map.insert(source.to_string(), env.clone());
+    Ok(env)
+}
+
+/// The environment transformers' `_compile_jinja_template` builds, in minijinja terms. There is no
+/// loader, so a template cannot reach the filesystem.
+fn environment(source: &str) -> Result<Environment<'static>> {
+    let mut env = Environment::new();
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .keep_trailing_newline(false)
+        .build()
+        .map_err(|e| syntax_error(&e))?;
+    env.set_syntax(syntax);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    env.add_filter("tojson", tojson);
+    // Jinja2 built-ins that minijinja keeps in its contrib crate.
+    env.add_filter("truncate", minijinja_contrib::filters::truncate);
+    env.add_filter("striptags", minijinja_contrib::filters::striptags);
+    env.add_filter("filesizeformat", minijinja_contrib::filters::filesizeformat);
+    env.add_function("cycler", minijinja_contrib::globals::cycler);
+    env.add_function("joiner", minijinja_contrib::globals::joiner);
+    env.add_template_owned(TEMPLATE_NAME, without_generation_tags(source))
+        .map_err(|e| syntax_error(&e))?;
+    Ok(env)
+}
+
+/// `{% generation %}…{% endgeneration %}` is a transformers extension that marks assistant text and
+/// renders its body unchanged; `{% if true %}…{% endif %}` does the same, whitespace control included.
+fn without_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        let (before, tag) = rest.split_at(start);
+        out.push_str(before);
+        let Some(end) = tag.find("%}") else {
+            break;
+        };
+        let inner = &tag[2..end];
+        let word = inner.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        let replacement = match word {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => out.push_str(&format!("{{%{}%}}", inner.replacen(word, r, 1))),
+            None => out.push_str(&tag[..end + 2]),
         }
-        _ => e.to_string(),
-    };
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+const FALLBACK_HINT: &str = "Loft will use ChatML if you choose the fallback";
+
+fn at_line(e: &minijinja::Error) -> String {
+    e.line().map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+fn detail(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(d) => format!("{}: {d}", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
+fn syntax_error(e: &minijinja::Error) -> ModelError {
     ModelError::Template(format!(
-        "{message}{location}; if the model's template is broken, Loft can use the ChatML fallback instead"
+        "{}{}. The model's chat template is broken; {FALLBACK_HINT}",
+        at_line(e),
+        detail(e)
     ))
+}
+
+fn render_error(e: &minijinja::Error) -> ModelError {
+    if let Some(raised) = raised_message(e) {
+        return ModelError::Template(format!(
+            "the model's template refuses this conversation: {raised}"
+        ));
+    }
+    ModelError::Template(format!(
+        "{}{}. The model's chat template cannot render this conversation; {FALLBACK_HINT}",
+        at_line(e),
+        detail(e)
+    ))
+}
+
+/// Marks the errors a template raised on purpose, so they are reported in the template's words.
+#[derive(Debug)]
+struct Raised(String);
+
+impl std::fmt::Display for Raised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Raised {}
+
+fn raised_message(e: &minijinja::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<Raised>() {
+            return Some(r.0.clone());
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// `raise_exception(msg)`: how templates refuse a conversation (e.g. roles out of order).
 fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Error> {
-    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+    Err(
+        minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
+            .with_source(Raised(message)),
+    )
 }
 
-/// `strftime_now(format)`: today's date (UTC) for the formats templates use (Llama 3 writes
-/// "Cutting Knowledge Date" and "Today Date" with it).
+/// `strftime_now(format)`: the current date and time, in UTC (transformers uses local time; UTC
+/// keeps renders reproducible across machines). Covers the directives templates use.
 fn strftime_now(format: String) -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    let month = MONTHS[(m - 1) as usize];
-    format
-        .replace("%Y", &format!("{y:04}"))
-        .replace("%m", &format!("{m:02}"))
-        .replace("%d", &format!("{d:02}"))
-        .replace("%B", month)
-        .replace("%b", &month[..3])
+    strftime(&format, secs)
 }
 
-/// Days since 1970-01-01 → (year, month, day).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+fn strftime(format: &str, unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let secs_of_day = unix_secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    let month = MONTHS[(m - 1) as usize];
+    // 1970-01-01 was a Thursday (index 3 from Monday).
+    let weekday = WEEKDAYS[((days + 3).rem_euclid(7)) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&format!("{y:04}")),
+            Some('y') => out.push_str(&format!("{:02}", y.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{m:02}")),
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('e') => out.push_str(&format!("{d:>2}")),
+            Some('B') => out.push_str(month),
+            Some('b') | Some('h') => out.push_str(&month[..3]),
+            Some('A') => out.push_str(weekday),
+            Some('a') => out.push_str(&weekday[..3]),
+            Some('H') => out.push_str(&format!("{:02}", secs_of_day / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", secs_of_day / 60 % 60)),
+            Some('S') => out.push_str(&format!("{:02}", secs_of_day % 60)),
+            Some('%') => out.push('%'),
+            // Unknown directives are left as written, as Python does.
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -241,54 +405,142 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// `tojson` as transformers defines it: Python's `json.dumps(x, ensure_ascii=False)` — `", "` and
-/// `": "` separators, no HTML escaping — optionally indented.
-fn tojson(value: Value, indent: Option<usize>) -> std::result::Result<Value, minijinja::Error> {
-    let json = serde_json::to_value(&value)
-        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+/// `tojson` as transformers defines it: Python's `json.dumps(x, ensure_ascii=False, indent=None,
+/// separators=None, sort_keys=False)` with those keyword arguments, and no HTML escaping.
+fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
+    let invalid = |m: String| minijinja::Error::new(ErrorKind::InvalidOperation, m);
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    let indent: Option<Value> = kwargs.get("indent")?;
+    let separators: Option<Value> = kwargs.get("separators")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => match (v.as_i64(), v.as_str()) {
+            (Some(n), _) => Some(" ".repeat(n.max(0) as usize)),
+            (_, Some(s)) => Some(s.to_string()),
+            _ => {
+                return Err(invalid(
+                    "tojson: indent must be a number or a string".into(),
+                ))
+            }
+        },
+    };
+    let (item_sep, key_sep) = match separators {
+        Some(v) if !v.is_none() => {
+            let parts: Vec<String> = v
+                .try_iter()?
+                .map(|p| p.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or_else(|| invalid("tojson: separators must be two strings".into()))?;
+            match <[String; 2]>::try_from(parts) {
+                Ok([item, key]) => (item, key),
+                Err(_) => return Err(invalid("tojson: separators must be two strings".into())),
+            }
+        }
+        _ => {
+            let item = if indent.is_some() { "," } else { ", " };
+            (item.to_string(), ": ".to_string())
+        }
+    };
+    let mut json = serde_json::to_value(&value).map_err(|e| invalid(format!("tojson: {e}")))?;
+    if sort_keys.unwrap_or(false) {
+        sort_json_keys(&mut json);
+    }
+    let style = JsonStyle {
+        indent,
+        item_sep,
+        key_sep,
+    };
     let mut out = String::new();
-    python_json(&json, indent, 0, &mut out);
+    style.write(&json, 0, &mut out);
+    if ensure_ascii.unwrap_or(false) {
+        out = escape_non_ascii(&out);
+    }
     Ok(Value::from_safe_string(out))
 }
 
-fn python_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out: &mut String) {
-    use serde_json::Value as J;
-    let newline = |out: &mut String, depth: usize| {
-        if let Some(n) = indent {
-            out.push('\n');
-            out.push_str(&" ".repeat(n * depth));
-        }
-    };
-    let sep = if indent.is_some() { "," } else { ", " };
+fn sort_json_keys(v: &mut serde_json::Value) {
     match v {
-        J::Array(items) if !items.is_empty() => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(sep);
-                }
-                newline(out, depth + 1);
-                python_json(item, indent, depth + 1, out);
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> =
+                std::mem::take(map).into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (k, mut item) in entries {
+                sort_json_keys(&mut item);
+                map.insert(k, item);
             }
-            newline(out, depth);
-            out.push(']');
         }
-        J::Object(map) if !map.is_empty() => {
-            out.push('{');
-            for (i, (k, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(sep);
-                }
-                newline(out, depth + 1);
-                out.push_str(&J::String(k.clone()).to_string());
-                out.push_str(": ");
-                python_json(item, indent, depth + 1, out);
-            }
-            newline(out, depth);
-            out.push('}');
-        }
-        other => out.push_str(&other.to_string()),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(sort_json_keys),
+        _ => {}
     }
+}
+
+/// Python's `json.dumps` layout.
+struct JsonStyle {
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+}
+
+impl JsonStyle {
+    fn newline(&self, depth: usize, out: &mut String) {
+        if let Some(unit) = &self.indent {
+            out.push('\n');
+            out.push_str(&unit.repeat(depth));
+        }
+    }
+
+    fn write(&self, v: &serde_json::Value, depth: usize, out: &mut String) {
+        use serde_json::Value as J;
+        match v {
+            J::Array(items) if !items.is_empty() => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(depth + 1, out);
+                    self.write(item, depth + 1, out);
+                }
+                self.newline(depth, out);
+                out.push(']');
+            }
+            J::Object(map) if !map.is_empty() => {
+                out.push('{');
+                for (i, (k, item)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(depth + 1, out);
+                    out.push_str(&J::String(k.clone()).to_string());
+                    out.push_str(&self.key_sep);
+                    self.write(item, depth + 1, out);
+                }
+                self.newline(depth, out);
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+}
+
+/// `ensure_ascii=True`: non-ASCII characters as `\uXXXX` (UTF-16 pairs above U+FFFF). They only
+/// occur inside strings, so the whole text can be rewritten.
+fn escape_non_ascii(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -304,12 +556,24 @@ mod tests {
         }
     }
 
+    fn user(content: &str) -> ChatMessage {
+        ChatMessage::new("user", content)
+    }
+
     #[test]
     fn fallback_is_chatml() {
         let t = ChatTemplate::fallback();
-        let text = t.render(&[ChatMessage::new("user", "Hi")], true).unwrap();
+        let messages = [
+            ChatMessage::new("system", "Be brief."),
+            user("Hi"),
+            ChatMessage::new("assistant", "Hello!"),
+        ];
         assert_eq!(
-            text,
+            t.render(&messages, false).unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+        );
+        assert_eq!(
+            t.render(&[user("Hi")], true).unwrap(),
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
         assert_eq!(t.origin, TemplateOrigin::Fallback);
@@ -318,51 +582,125 @@ mod tests {
     #[test]
     fn raise_exception_becomes_a_clear_error() {
         let t = template("{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with the user') }}{% endif %}ok");
-        let msg = t
+        let err = t
             .render(&[ChatMessage::new("assistant", "x")], false)
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(matches!(err, ModelError::Template(_)));
+        let msg = err.to_string();
         assert!(
-            msg.contains("Conversation must start with the user"),
+            msg.contains("refuses this conversation: Conversation must start with the user"),
             "{msg}"
         );
-        assert_eq!(
-            t.render(&[ChatMessage::new("user", "x")], false).unwrap(),
-            "ok"
-        );
+        assert_eq!(t.render(&[user("x")], false).unwrap(), "ok");
     }
 
     #[test]
     fn python_string_methods_and_trim_blocks_work() {
-        let t = template("{{ bos_token }}{% for m in messages %}\n  {% if m.role.startswith('us') %}[{{ m.content.strip() | upper }}]{% endif %}\n{% endfor %}{{ eos_token }}");
+        let t = template("{{ bos_token }}{% for m in messages %}\n  {% if m.role.startswith('us') %}[{{ m.content.strip() | upper }}|{{ m.content.split(',')[-1] }}]{% endif %}\n{% endfor %}{{ eos_token }}\n");
         assert_eq!(
-            t.render(&[ChatMessage::new("user", "  hi ")], false)
-                .unwrap(),
-            "<s>[HI]</s>"
+            t.render(&[user("  hi,there ")], false).unwrap(),
+            "<s>[HI,THERE|there ]</s>",
+            "block lines vanish, the template's final newline is dropped"
         );
     }
 
     #[test]
-    fn llama3_style_date_and_tojson() {
+    fn loop_controls_namespace_and_none_tools() {
         let t = template(
-            "{{ strftime_now('%d %b %Y') | length > 5 }} {{ {'a': [1, 2], 'b': '<x>'} | tojson }}",
+            "{% set ns = namespace(n=0) %}{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}{% set ns.n = ns.n + 1 %}{% if ns.n > 1 %}{% break %}{% endif %}{{ m.content }}{% endfor %}|{{ tools is none }}|{{ documents is none }}",
         );
+        let messages = [ChatMessage::new("system", "S"), user("A"), user("B")];
+        assert_eq!(t.render(&messages, false).unwrap(), "A|True|True");
+    }
+
+    /// A Llama 3 style header: today's date from strftime_now, the system message by index.
+    #[test]
+    fn llama3_style_template_with_date_and_indexing() {
+        let t = template(concat!(
+            "{{- bos_token }}\n",
+            "{%- if messages[0]['role'] == 'system' %}\n",
+            "    {%- set system_message = messages[0]['content']|trim %}\n",
+            "    {%- set messages = messages[1:] %}\n",
+            "{%- else %}\n",
+            "    {%- set system_message = \"\" %}\n",
+            "{%- endif %}\n",
+            "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n",
+            "{{- \"Today Date: \" + strftime_now(\"%d %b %Y\") + \"\\n\\n\" }}\n",
+            "{{- system_message }}\n",
+            "{{- \"<|eot_id|>\" }}\n",
+            "{%- for message in messages %}\n",
+            "    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}\n",
+            "{%- endfor %}\n",
+            "{%- if add_generation_prompt %}\n",
+            "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n",
+            "{%- endif %}\n",
+        ));
+        let messages = [ChatMessage::new("system", " Be kind. "), user("Hi ")];
+        let text = t.render(&messages, true).unwrap();
+        let today = strftime_now("%d %b %Y".into());
+        assert_eq!(
+            text,
+            format!("<s><|start_header_id|>system<|end_header_id|>\n\nToday Date: {today}\n\nBe kind.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+        );
+    }
+
+    #[test]
+    fn strftime_formats() {
+        // 2024-07-26 13:05:09 UTC, a Friday.
+        let t = 1_721_999_109;
+        assert_eq!(strftime("%d %b %Y", t), "26 Jul 2024");
+        assert_eq!(strftime("%Y-%m-%d", t), "2024-07-26");
+        assert_eq!(
+            strftime("%A %B %e, %y %H:%M:%S %% %q", t),
+            "Friday July 26, 24 13:05:09 % %q"
+        );
+        assert_eq!(strftime("%a %d", 0), "Thu 01");
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+    }
+
+    #[test]
+    fn tojson_writes_like_python_json_dumps() {
+        let t = template(concat!(
+            "{{ {'a': [1, 2], 'b': '<é>', 'c': {}} | tojson }}\n",
+            "{{ {'z': 1, 'a': [true, none]} | tojson(indent=2, sort_keys=true) }}\n",
+            "{{ 'é😀' | tojson(ensure_ascii=true) }} {{ [1, {'k': 'v'}] | tojson(separators=[',', ':']) }}",
+        ));
         assert_eq!(
             t.render(&[], false).unwrap(),
-            "True {\"a\": [1, 2], \"b\": \"<x>\"}"
+            "{\"a\": [1, 2], \"b\": \"<é>\", \"c\": {}}\n{\n  \"a\": [\n    true,\n    null\n  ],\n  \"z\": 1\n}\n\"\\u00e9\\ud83d\\ude00\" [1,{\"k\":\"v\"}]"
         );
+        let msg = template("{{ 1 | tojson(colour=1) }}")
+            .render(&[], false)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn generation_tags_render_their_body() {
+        let t = template("{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}\n[{{ m.content }}]{%- endgeneration %}\n{% else %}({{ m.content }}){% endif %}{% endfor %}");
+        let messages = [user("q"), ChatMessage::new("assistant", "a")];
+        assert_eq!(t.render(&messages, false).unwrap(), "(q)[a]");
     }
 
     #[test]
     fn broken_template_is_an_error_not_a_panic() {
-        let msg = template("{% for m in messages %}{{ m.content }")
-            .render(&[], false)
-            .unwrap_err()
-            .to_string();
+        let t = template("{% for m in messages %}\n{{ m.content }\n{% endfor %}");
+        let msg = t.render(&[], false).unwrap_err().to_string();
         assert!(
-            msg.contains("chat template") && msg.contains("ChatML fallback"),
+            msg.contains("chat template")
+                && msg.contains("line 2")
+                && msg.contains("broken")
+                && msg.contains("fallback"),
             "{msg}"
         );
+        assert!(t.check().is_err());
+        assert!(template("{% if %}").check().is_err());
+        let msg = template("{{ messages[0].content.nope() }}")
+            .render(&[user("x")], false)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("cannot render"), "{msg}");
     }
 
     #[test]
@@ -370,24 +708,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokenizer_config.json");
         std::fs::write(&path, r#"{"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>",
-            "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D{{ bos_token }}"}]}"#).unwrap();
+            "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D{{ bos_token }}{{ eos_token }}"}]}"#).unwrap();
         let t = ChatTemplate::from_model_files(Some(&path), None).unwrap();
-        assert_eq!(t.render(&[], false).unwrap(), "D<s>");
-        assert_eq!(t.eos_token, "</s>");
+        assert_eq!(t.render(&[], false).unwrap(), "D<s></s>");
+        assert_eq!(t.origin, TemplateOrigin::Model);
+        std::fs::write(
+            &path,
+            r#"{"chat_template": [{"name": "tool_use", "template": "T"}]}"#,
+        )
+        .unwrap();
+        let t = ChatTemplate::from_model_files(Some(&path), None).unwrap();
+        assert_eq!(t.origin, TemplateOrigin::Fallback, "no default template");
         std::fs::write(&path, r#"{"eos_token": "</s>"}"#).unwrap();
+        let t = ChatTemplate::from_model_files(Some(&path), None).unwrap();
+        assert_eq!(t.origin, TemplateOrigin::Fallback);
         assert_eq!(
-            ChatTemplate::from_model_files(Some(&path), None)
-                .unwrap()
-                .origin,
-            TemplateOrigin::Fallback
+            t.eos_token, "<|im_end|>",
+            "ChatML ends turns with its own token"
         );
         let jinja = dir.path().join("chat_template.jinja");
-        std::fs::write(&jinja, "J").unwrap();
+        std::fs::write(&jinja, "J{{ bos_token }}").unwrap();
+        std::fs::write(
+            dir.path().join("special_tokens_map.json"),
+            r#"{"bos_token": {"content": "<|b|>"}}"#,
+        )
+        .unwrap();
+        let t = ChatTemplate::from_model_files(Some(&path), Some(&jinja)).unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "J<|b|>");
+        std::fs::write(&path, r#"{"chat_template": 3}"#).unwrap();
+        let msg = ChatTemplate::from_model_files(Some(&path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("chat_template"), "{msg}");
         assert_eq!(
-            ChatTemplate::from_model_files(Some(&path), Some(&jinja))
-                .unwrap()
-                .source,
-            "J"
+            ChatTemplate::from_model_files(None, None).unwrap(),
+            ChatTemplate::fallback()
         );
+    }
+
+    #[test]
+    fn gguf_metadata_template_and_tokens() {
+        let mut md = HashMap::new();
+        let special = SpecialTokens {
+            bos: Some(("<s>".into(), 1)),
+            eos: Some(("</s>".into(), 2)),
+            pad: None,
+        };
+        let t = ChatTemplate::from_gguf(&md, &special);
+        assert_eq!(t.origin, TemplateOrigin::Fallback);
+        md.insert(
+            "tokenizer.chat_template".to_string(),
+            GgufValue::String("{{ bos_token }}{{ messages[0].content }}{{ eos_token }}".into()),
+        );
+        let t = ChatTemplate::from_gguf(&md, &special);
+        assert_eq!(t.origin, TemplateOrigin::Model);
+        assert_eq!(t.render(&[user("x")], false).unwrap(), "<s>x</s>");
     }
 }
