@@ -12,4 +12,5 @@ LOFT=${CARGO_TARGET_DIR:-target}/release/loft
 MODEL=target/test-models/smollm2-hf  # the same safetensors folder on both sides
 echo "CPU: $(nproc) cores; SmolLM2-135M f32, batch 4 x 256, r=16 all linear, AdamW; mean of steps 2..$STEPS"
 "$LOFT" bench-train --model "$MODEL" --batch 4 --seq 256 --rank 16 --steps "$STEPS"
+"$LOFT" bench-train --model "$MODEL" --batch 4 --seq 256 --rank 16 --steps "$STEPS" --gradient-checkpointing
 "$PYTHON" scripts/bench_train_reference.py "$MODEL" --batch 4 --seq 256 --rank 16 --steps "$STEPS" 2>/dev/null

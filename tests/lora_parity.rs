@@ -11,7 +11,7 @@ use loft::engine::adapter::{self, peft_key};
 use loft::engine::arch::Arch;
 use loft::engine::model::{LoadOptions, Model};
 use loft::engine::source::{ModelFiles, WeightFiles};
-use loft::engine::train::loss::causal_lm_loss;
+use loft::engine::train::loss::{causal_lm_loss, masked_lm_loss};
 use loft::engine::weights::Weights;
 
 const CASES: [(&str, &str); 3] = [
@@ -81,6 +81,13 @@ fn peft_adapters_give_peft_logits_loss_and_gradients() {
         assert!(
             (got_loss - want_loss).abs() < 1e-5,
             "{case}: loss {got_loss} vs PEFT {want_loss}"
+        );
+        // The trainer's loss projects only trained positions onto the vocabulary: same number.
+        let (masked, _) = masked_lm_loss(&model, &ids, &mask).unwrap();
+        let masked = masked.to_scalar::<f32>().unwrap();
+        assert!(
+            (masked - want_loss).abs() < 1e-5,
+            "{case}: masked loss {masked} vs PEFT {want_loss}"
         );
         let grads = loss.backward().unwrap();
         let mut checked = 0;

@@ -251,3 +251,30 @@ fn divergence_stops_with_advice() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn gradient_checkpointing_trains_identically() {
+    let runs = tempfile::tempdir().unwrap();
+    let (plain, plain_events) = run_to_end(runs.path(), &config(6));
+    let cfg = TrainConfig {
+        gradient_checkpointing: true,
+        ..config(6)
+    };
+    let (ckpt, ckpt_events) = run_to_end(runs.path(), &cfg);
+    for (a, b) in losses(&plain_events).iter().zip(losses(&ckpt_events)) {
+        assert!(
+            (a - b).abs() < 1e-5,
+            "{:?} vs {:?}",
+            losses(&plain_events),
+            losses(&ckpt_events)
+        );
+    }
+    for ((ka, a), (_, b)) in adapter_weights(&plain).iter().zip(adapter_weights(&ckpt)) {
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{ka} differs by {diff} with checkpointing");
+    }
+}

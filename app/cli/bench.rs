@@ -11,7 +11,7 @@ use super::models::ModelArg;
 use crate::engine::device;
 use crate::engine::model::{LoadOptions, LoraConfig, Model};
 use crate::engine::source;
-use crate::engine::train::loss::causal_lm_loss;
+use crate::engine::train::loss::masked_lm_loss;
 use crate::engine::train::optim::AdamW;
 
 #[derive(Args)]
@@ -26,6 +26,9 @@ pub struct BenchTrainArgs {
     rank: usize,
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// Recompute each layer in the backward pass instead of keeping its activations.
+    #[arg(long)]
+    gradient_checkpointing: bool,
 }
 
 pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
@@ -46,6 +49,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         ..LoraConfig::default()
     };
     model.attach_lora(&lora, 0)?;
+    model.set_gradient_checkpointing(args.gradient_checkpointing)?;
     let params = model
         .adapters()
         .flat_map(|(p, a)| {
@@ -65,8 +69,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let mut times = Vec::new();
     for _ in 0..args.steps {
         let start = Instant::now();
-        let logits = model.forward(&ids, 0, None)?;
-        let (loss, _) = causal_lm_loss(&logits, &ids, &mask)?;
+        let (loss, _) = masked_lm_loss(&model, &ids, &mask)?;
         let grads = loss.backward()?;
         let grads: Vec<Tensor> = opt
             .params()
@@ -88,7 +91,12 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     };
     let per_step = steady.iter().sum::<f64>() / steady.len() as f64;
     println!(
-        "loft          {}x{} tokens, r={}: {per_step:.2} s/step, {:.0} tokens/s, peak RSS {:.2} GB ({})",
+        "loft{}  {}x{} tokens, r={}: {per_step:.2} s/step, {:.0} tokens/s, peak RSS {:.2} GB ({})",
+        if args.gradient_checkpointing {
+            " (ckpt)"
+        } else {
+            "       "
+        },
         args.batch,
         args.seq,
         args.rank,

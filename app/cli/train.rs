@@ -81,6 +81,9 @@ pub struct TrainArgs {
     /// Train without the rows that have errors instead of refusing the data.
     #[arg(long)]
     skip_error_rows: bool,
+    /// Recompute activations in the backward pass: much less memory, about a third slower.
+    #[arg(long)]
+    gradient_checkpointing: bool,
 }
 
 impl TrainArgs {
@@ -121,6 +124,9 @@ impl TrainArgs {
         }
         if self.rslora {
             c.lora.use_rslora = true;
+        }
+        if self.gradient_checkpointing {
+            c.gradient_checkpointing = true;
         }
         if let Some(t) = &self.targets {
             c.lora.targets = parse_targets(t)?;

@@ -9,7 +9,10 @@ pub mod linear;
 pub mod lora;
 pub mod ops;
 
-use candle_core::{DType, Device, Module, Tensor};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Module, Tensor, TensorId, Var};
 
 pub use linear::LoraLinear;
 pub use lora::{DropoutKey, LoraAdapter, LoraConfig};
@@ -43,12 +46,12 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let normed = ops::rms_normalize(x, self.eps)?;
-        normed.to_dtype(x.dtype())?.broadcast_mul(&self.weight)
+        ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
 /// cos and sin for the positions of one forward pass, each `(t, head_dim / 2)`.
+#[derive(Clone)]
 struct RopeAngles {
     cos: Tensor,
     sin: Tensor,
@@ -117,12 +120,13 @@ impl Attention {
         let groups = self.num_heads / self.num_kv_heads;
         let k = repeat_kv(&k, groups)?;
         let v = repeat_kv(&v, groups)?;
-        let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
+        // Scaling q (t × head_dim) is cheaper than scaling the scores (t × t).
+        let mut scores = (q * self.scale)?.matmul(&k.t()?)?;
         if let Some(cap) = self.softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
         if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
+            scores = ops::add_mask(&scores, mask)?;
         }
         let probs = ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?;
@@ -174,6 +178,18 @@ struct Layer {
 }
 
 impl Layer {
+    fn linears(&self) -> [&LoraLinear; 7] {
+        [
+            &self.attn.q_proj,
+            &self.attn.k_proj,
+            &self.attn.v_proj,
+            &self.attn.o_proj,
+            &self.mlp.gate_proj,
+            &self.mlp.up_proj,
+            &self.mlp.down_proj,
+        ]
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -224,13 +240,26 @@ impl KvCache {
 pub struct Model {
     pub arch: Arch,
     embed: Tensor,
-    layers: Vec<Layer>,
+    /// Shared so that a checkpointed layer can run again in the backward pass.
+    layers: Vec<Arc<Layer>>,
     norm: RmsNorm,
     lm_head: LoraLinear,
     inv_freq: Tensor,
     local_inv_freq: Option<Tensor>,
     options: LoadOptions,
     dropout_key: DropoutKey,
+    checkpoint: Option<Checkpointing>,
+}
+
+/// Gradient checkpointing: each decoder layer keeps only its input during the forward pass and runs
+/// again in the backward pass to get its activations, trading one more forward for most of the memory.
+struct Checkpointing {
+    /// A zero that the first layer's input is added to, so that it is part of the graph and its
+    /// checkpoint's backward runs.
+    anchor: Var,
+    /// Gradients of the adapters, produced inside the checkpoints' backward passes (which only hand
+    /// the input gradient back to autograd), by variable.
+    grads: Arc<Mutex<HashMap<TensorId, Tensor>>>,
 }
 
 impl Model {
@@ -242,7 +271,7 @@ impl Model {
             prefix: module_prefix(weights),
         };
         let layers = (0..arch.num_layers)
-            .map(|i| loader.layer(i))
+            .map(|i| loader.layer(i).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         let (h, vocab) = (arch.hidden_size, arch.vocab_size);
         let embed = loader.tensor(
@@ -265,36 +294,58 @@ impl Model {
             local_inv_freq: arch.local_rope.as_ref().map(inv).transpose()?,
             options: options.clone(),
             dropout_key: DropoutKey::default(),
+            checkpoint: None,
         })
+    }
+
+    /// Turn gradient checkpointing on or off (off by default).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) -> candle_core::Result<()> {
+        self.checkpoint = match on {
+            true => Some(Checkpointing {
+                anchor: Var::zeros((), self.options.dtype, &self.options.device)?,
+                grads: Arc::default(),
+            }),
+            false => None,
+        };
+        Ok(())
+    }
+
+    /// The gradient of `var` that checkpointed layers produced since the last call, if any.
+    pub fn take_checkpoint_grad(&self, var: &Var) -> Option<Tensor> {
+        let cp = self.checkpoint.as_ref()?;
+        let mut grads = cp.grads.lock().unwrap_or_else(|e| e.into_inner());
+        grads.remove(&var.as_tensor().id())
     }
 
     /// Every projection of the decoder blocks, in layer order (q, k, v, o, gate, up, down).
     pub fn linears(&self) -> impl Iterator<Item = &LoraLinear> {
-        self.layers.iter().flat_map(|l| {
-            [
-                &l.attn.q_proj,
-                &l.attn.k_proj,
-                &l.attn.v_proj,
-                &l.attn.o_proj,
-                &l.mlp.gate_proj,
-                &l.mlp.up_proj,
-                &l.mlp.down_proj,
-            ]
-        })
+        self.layers.iter().flat_map(|l| l.linears())
     }
 
-    fn linears_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
-        self.layers.iter_mut().flat_map(|l| {
-            [
-                &mut l.attn.q_proj,
-                &mut l.attn.k_proj,
-                &mut l.attn.v_proj,
-                &mut l.attn.o_proj,
-                &mut l.mlp.gate_proj,
-                &mut l.mlp.up_proj,
-                &mut l.mlp.down_proj,
-            ]
-        })
+    /// Mutable access to the projections; fails while a layer is still shared with a computation
+    /// graph of a checkpointed forward pass (drop the loss and its gradients first).
+    fn linears_mut(&mut self) -> candle_core::Result<Vec<&mut LoraLinear>> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in self.layers.iter_mut() {
+            match Arc::get_mut(layer) {
+                Some(l) => layers.push(l),
+                None => candle_core::bail!("the model is still in use by a computation graph"),
+            }
+        }
+        Ok(layers
+            .into_iter()
+            .flat_map(|l| {
+                [
+                    &mut l.attn.q_proj,
+                    &mut l.attn.k_proj,
+                    &mut l.attn.v_proj,
+                    &mut l.attn.o_proj,
+                    &mut l.mlp.gate_proj,
+                    &mut l.mlp.up_proj,
+                    &mut l.mlp.down_proj,
+                ]
+            })
+            .collect())
     }
 
     /// Attach fresh adapters (A random, B zero) to every targeted module; returns how many.
@@ -302,7 +353,7 @@ impl Model {
         let key = self.dropout_key.clone();
         let device = self.options.device.clone();
         let mut count = 0;
-        for (index, linear) in self.linears_mut().enumerate() {
+        for (index, linear) in self.linears_mut()?.into_iter().enumerate() {
             linear.adapter = None;
             if config.targets_path(&linear.path) {
                 let (inp, out) = (linear.in_features(), linear.out_features());
@@ -331,7 +382,7 @@ impl Model {
         let key = self.dropout_key.clone();
         let device = self.options.device.clone();
         let mut count = 0;
-        for (index, linear) in self.linears_mut().enumerate() {
+        for (index, linear) in self.linears_mut()?.into_iter().enumerate() {
             linear.adapter = match weights(&linear.path) {
                 Some((a, b)) => {
                     let (inp, out, r) = (linear.in_features(), linear.out_features(), config.r);
@@ -410,8 +461,18 @@ impl Model {
             } else {
                 (&global, full_mask.as_ref())
             };
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(&x, rope, mask, layer_cache)?;
+            x = match &self.checkpoint {
+                Some(cp) if cache.is_none() => {
+                    if i == 0 {
+                        x = x.broadcast_add(cp.anchor.as_tensor())?;
+                    }
+                    checkpointed(layer, &x, rope, mask, &cp.grads)?
+                }
+                _ => {
+                    let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+                    layer.forward(&x, rope, mask, layer_cache)?
+                }
+            };
         }
         self.norm.forward(&x)
     }
@@ -440,7 +501,8 @@ impl Model {
         self.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)
     }
 
-    fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+    /// Project hidden states (any leading dimensions) onto the vocabulary, in f32.
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         let mut logits = self.lm_head.forward(hidden)?.to_dtype(DType::F32)?;
         if let Some(cap) = self.arch.final_logit_softcap {
             logits = ((logits / cap)?.tanh()? * cap)?;
@@ -477,6 +539,49 @@ impl Model {
             .to_dtype(self.options.dtype)
             .map(Some)
     }
+}
+
+/// Run `layer` keeping only its input; the backward pass runs it again on that input to get the input
+/// gradient (handed to autograd) and the adapters' gradients (added to `grads`).
+fn checkpointed(
+    layer: &Arc<Layer>,
+    x: &Tensor,
+    rope: &RopeAngles,
+    mask: Option<&Tensor>,
+    grads: &Arc<Mutex<HashMap<TensorId, Tensor>>>,
+) -> candle_core::Result<Tensor> {
+    let (fwd_layer, fwd_rope, fwd_mask) = (layer.clone(), rope.clone(), mask.cloned());
+    let (bwd_layer, bwd_rope, bwd_mask, grads) =
+        (layer.clone(), rope.clone(), mask.cloned(), grads.clone());
+    ops::checkpoint(
+        x,
+        move |x| fwd_layer.forward(x, &fwd_rope, fwd_mask.as_ref(), None),
+        move |x, dy| {
+            let input = Var::from_tensor(x)?;
+            let y = bwd_layer.forward(input.as_tensor(), &bwd_rope, bwd_mask.as_ref(), None)?;
+            let store = (y * dy)?.sum_all()?.backward()?;
+            let mut grads = grads.lock().unwrap_or_else(|e| e.into_inner());
+            for linear in bwd_layer.linears() {
+                let Some(adapter) = &linear.adapter else {
+                    continue;
+                };
+                for var in [&adapter.a, &adapter.b] {
+                    if let Some(g) = store.get(var.as_tensor()) {
+                        let id = var.as_tensor().id();
+                        let sum = match grads.remove(&id) {
+                            Some(acc) => (acc + g)?,
+                            None => g.clone(),
+                        };
+                        grads.insert(id, sum);
+                    }
+                }
+            }
+            store
+                .get(input.as_tensor())
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg("checkpoint: no input gradient".into()))
+        },
+    )
 }
 
 /// Where the decoder's modules live: `model.` normally; multimodal Gemma 3 checkpoints nest the

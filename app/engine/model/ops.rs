@@ -110,6 +110,20 @@ fn fused(
     })
 }
 
+/// A recomputed section of the network (gradient checkpointing): `forward(x)` runs untracked, keeping
+/// nothing but `x`; the backward pass calls `backward(x, dy)`, which runs the section again with
+/// tracking and returns dx. `x` must take part in the graph.
+pub fn checkpoint(
+    x: &Tensor,
+    forward: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    backward: impl Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    if !x.track_op() {
+        candle_core::bail!("checkpoint: the input is not part of the graph");
+    }
+    fused(x, "checkpoint", forward, move |x, _y, dy| backward(x, dy))
+}
+
 /// `x · Wᵀ` for a frozen `W` (`x` is `rows × in`): the backward pass gives x its gradient `dy · W` and
 /// spends nothing on W.
 pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
@@ -136,21 +150,38 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     )
 }
 
-/// RMSNorm without its scale: `x / sqrt(mean(x²) + eps)` over the last dimension, in f32.
-/// dx = (dy − x̂ · mean(dy ⊙ x̂)) / rms.
-pub fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+/// RMSNorm with a frozen scale `w`: `w ⊙ x / sqrt(mean(x²) + eps)` over the last dimension, computed in
+/// f32 and returned in `x`'s dtype. With x̂ the normalised input and g = dy ⊙ w:
+/// dx = (g − x̂ · mean(g ⊙ x̂)) / rms. The scale gets no gradient.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let (w_fwd, w_bwd) = (weight.to_dtype(DType::F32)?, weight.to_dtype(DType::F32)?);
     let forward = move |x: &Tensor| {
-        let x = x.to_dtype(DType::F32)?;
-        let ones = Tensor::ones(x.dim(D::Minus1)?, DType::F32, x.device())?;
-        candle_nn::ops::rms_norm(&x, &ones, eps as f32)
+        let dtype = x.dtype();
+        candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &w_fwd, eps as f32)?.to_dtype(dtype)
     };
-    fused(x, "rms-normalize", forward, move |x, y, dy| {
+    fused(x, "rms-norm", forward, move |x, _y, dy| {
+        let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
-        let mean = (dy * y)?.mean_keepdim(D::Minus1)?;
-        dy.broadcast_sub(&y.broadcast_mul(&mean)?)?
-            .broadcast_div(&rms)
+        let normed = x.broadcast_div(&rms)?;
+        let g = dy.to_dtype(DType::F32)?.broadcast_mul(&w_bwd)?;
+        let mean = (&g * &normed)?.mean_keepdim(D::Minus1)?;
+        g.broadcast_sub(&normed.broadcast_mul(&mean)?)?
+            .broadcast_div(&rms)?
+            .to_dtype(dtype)
     })
+}
+
+/// `x + mask` for a constant additive mask (e.g. causal −∞ entries): the gradient passes straight to x,
+/// and none is computed for the mask.
+pub fn add_mask(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let mask = mask.clone();
+    fused(
+        x,
+        "add-mask",
+        move |x| x.broadcast_add(&mask),
+        |_x, _y, dy| Ok(dy.clone()),
+    )
 }
 
 /// Rotary position embedding (rotate-half layout) with candle's kernel; `cos`/`sin` are `(t, d/2)`.
@@ -186,12 +217,40 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
             (lse - x.gather(&t_fwd, D::Minus1)?)?.squeeze(1)
         },
         move |x, _y, dy| {
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                return cross_entropy_grad_cpu(x, &t_bwd, dy);
+            }
             let probs = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?;
             let dy = dy.unsqueeze(1)?;
             let picked = Tensor::zeros_like(&probs)?.scatter_add(&t_bwd, &dy.neg()?, 1)?;
             probs.broadcast_mul(&dy)? + picked
         },
     )
+}
+
+/// (softmax(x) − onehot(t)) · dy, row by row into one buffer: the logits are the largest tensor of a
+/// step (tokens × vocabulary), and the composed version allocates three more of them.
+fn cross_entropy_grad_cpu(x: &Tensor, targets: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let (rows, vocab) = x.dims2()?;
+    let x = x.contiguous()?;
+    let logits = x.flatten_all()?.to_vec1::<f32>()?;
+    let targets = targets.flatten_all()?.to_vec1::<u32>()?;
+    let dy = dy.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; rows * vocab];
+    for (r, (row, grad)) in logits.chunks(vocab).zip(out.chunks_mut(vocab)).enumerate() {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for (g, &v) in grad.iter_mut().zip(row) {
+            *g = (v - max).exp();
+            sum += *g;
+        }
+        let scale = dy[r] / sum;
+        grad.iter_mut().for_each(|g| *g *= scale);
+        if let Some(g) = grad.get_mut(targets[r] as usize) {
+            *g -= dy[r];
+        }
+    }
+    Tensor::from_vec(out, (rows, vocab), x.device())
 }
 
 #[cfg(test)]
@@ -281,13 +340,31 @@ mod tests {
     #[test]
     fn rms_gradient() {
         let x = Tensor::randn(0f32, 2.0, (4, 6, 16), &Device::Cpu).unwrap();
+        let w = Tensor::randn(1f32, 0.3, 16, &Device::Cpu).unwrap();
+        let w2 = w.clone();
         same_gradients(
             &x,
-            |x| rms_normalize(x, 1e-6),
-            |x| {
+            move |x| rms_norm(x, &w, 1e-6),
+            move |x| {
                 let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-                x.broadcast_div(&(var + 1e-6)?.sqrt()?)
+                x.broadcast_div(&(var + 1e-6)?.sqrt()?)?.broadcast_mul(&w2)
             },
+        );
+    }
+
+    #[test]
+    fn mask_gradient() {
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 3), &Device::Cpu).unwrap();
+        let mask = Tensor::new(
+            &[[0f32, -1e9, -1e9], [0., 0., -1e9], [0., 0., 0.]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let m2 = mask.clone();
+        same_gradients(
+            &x,
+            move |x| add_mask(x, &mask),
+            move |x| x.broadcast_add(&m2),
         );
     }
 

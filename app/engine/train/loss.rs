@@ -4,6 +4,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use crate::engine::model::ops::cross_entropy_rows;
+use crate::engine::model::Model;
 
 /// Mean cross-entropy of `logits (b, t, vocab)` against the next tokens of `ids (b, t)`, counting only
 /// target positions where `mask (b, t)` is 1 (a mask on the *target* token, as transformers' labels).
@@ -23,4 +24,41 @@ pub fn causal_lm_loss(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<(T
     let count = weights.sum_all()?.to_scalar::<f32>()? as f64;
     let total = (nll * &weights)?.sum_all()?;
     Ok(((total / count.max(1.0))?, count))
+}
+
+/// The same loss as [`causal_lm_loss`], computed from the model without projecting every position onto
+/// the vocabulary: only positions whose next token is trained go through `lm_head`. With completion-only
+/// masks that skips the prompt's share of the largest matmul of the step, and of the logits' memory.
+pub fn masked_lm_loss(model: &Model, ids: &Tensor, mask: &Tensor) -> Result<(Tensor, f64)> {
+    let (b, t) = ids.dims2()?;
+    if t < 2 {
+        candle_core::bail!("a sequence needs at least 2 tokens to train on");
+    }
+    let hidden = model.forward_hidden(ids, 0, None)?;
+    let h = hidden.dim(2)?;
+    let keep: Vec<u32> = mask
+        .narrow(1, 1, t - 1)?
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| **m > 0.0)
+        .map(|(i, _)| i as u32)
+        .collect();
+    if keep.is_empty() {
+        candle_core::bail!("this batch has no trained token");
+    }
+    let count = keep.len();
+    let keep = Tensor::from_vec(keep, count, ids.device())?;
+    let rows = hidden
+        .narrow(1, 0, t - 1)?
+        .reshape((b * (t - 1), h))?
+        .index_select(&keep, 0)?;
+    let targets = ids
+        .narrow(1, 1, t - 1)?
+        .flatten_all()?
+        .index_select(&keep, 0)?;
+    let nll = cross_entropy_rows(&model.logits(&rows)?, &targets)?;
+    Ok(((nll.sum_all()? / count as f64)?, count as f64))
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::config::TrainConfig;
-use super::loss::causal_lm_loss;
+use super::loss::masked_lm_loss;
 use super::optim::{clip_grad_norm, AdamW};
 use super::run::{RunDir, OPTIMIZER_STATE, TRAINER_STATE};
 use crate::engine::adapter::{self, peft_key};
@@ -236,6 +236,8 @@ impl Trainer {
                 job.model.attach_lora(&job.config.lora, job.config.seed)?;
             }
         }
+        job.model
+            .set_gradient_checkpointing(job.config.gradient_checkpointing)?;
         let params = job
             .model
             .adapters()
@@ -420,24 +422,35 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         for (micro, batch) in batches.iter().enumerate() {
+            tokens += batch.real_tokens;
+            if batch.targets == 0 {
+                continue; // every row of this micro-batch is prompt only: nothing to learn from it
+            }
             let key =
                 c.seed ^ ((step * c.grad_accum + micro) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
             self.job.model.dropout_key().set(Some(key));
-            let logits = self.job.model.forward(&batch.ids, 0, None)?;
-            let (loss, count) = causal_lm_loss(&logits, &batch.ids, &batch.mask)?;
+            let (loss, count) = masked_lm_loss(&self.job.model, &batch.ids, &batch.mask)?;
             let weight = count / step_targets as f64;
             let weighted = (loss * weight)?;
             loss_sum += weighted.to_scalar::<f32>()? as f64;
             let store = weighted.backward()?;
             for (slot, (_, var)) in grads.iter_mut().zip(self.optimizer.params()) {
-                if let Some(g) = store.get(var.as_tensor()) {
+                // Checkpointed layers hand their adapters' gradients over beside autograd's store.
+                let g = match (
+                    store.get(var.as_tensor()),
+                    self.job.model.take_checkpoint_grad(var),
+                ) {
+                    (Some(a), Some(b)) => Some((a + b)?),
+                    (Some(a), None) => Some(a.clone()),
+                    (None, b) => b,
+                };
+                if let Some(g) = g {
                     *slot = Some(match slot.take() {
                         Some(acc) => (acc + g)?,
-                        None => g.clone(),
+                        None => g,
                     });
                 }
             }
-            tokens += batch.real_tokens;
         }
         self.job.model.dropout_key().set(None);
         let mut grads: Vec<Tensor> = grads
@@ -509,8 +522,10 @@ impl Trainer {
         for chunk in self.job.eval.chunks(size) {
             let rows: Vec<&Example> = chunk.iter().collect();
             let batch = self.pack(&rows)?;
-            let logits = self.job.model.forward(&batch.ids, 0, None)?.detach();
-            let (loss, n) = causal_lm_loss(&logits, &batch.ids, &batch.mask)?;
+            if batch.targets == 0 {
+                continue;
+            }
+            let (loss, n) = masked_lm_loss(&self.job.model, &batch.ids, &batch.mask)?;
             total += loss.to_scalar::<f32>()? as f64 * n;
             count += n;
         }
