@@ -8,11 +8,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use loft::engine::adapter::{self, peft_key};
-use loft::engine::arch::Arch;
-use loft::engine::model::{LoadOptions, Model};
-use loft::engine::source::{ModelFiles, WeightFiles};
+use loft::engine::model::Model;
 use loft::engine::train::loss::{causal_lm_loss, masked_lm_loss};
-use loft::engine::weights::Weights;
 
 const CASES: [(&str, &str); 3] = [
     ("llama-all-linear", "llama"),
@@ -21,18 +18,7 @@ const CASES: [(&str, &str); 3] = [
 ];
 
 fn tiny(name: &str) -> Model {
-    let folder = support::fixtures().join("tiny").join(name);
-    let files = ModelFiles::from_folder(&folder).unwrap();
-    let arch = Arch::from_config_file(files.config.as_deref().unwrap()).unwrap();
-    let WeightFiles::Safetensors(paths) = &files.weights else {
-        panic!()
-    };
-    Model::load(
-        &arch,
-        &Weights::open_safetensors(paths).unwrap(),
-        &LoadOptions::default(),
-    )
-    .unwrap()
+    support::tiny_model(name)
 }
 
 fn case_dir(case: &str) -> PathBuf {

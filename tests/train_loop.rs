@@ -5,28 +5,13 @@ mod support;
 
 use std::sync::mpsc::channel;
 
-use candle_core::Device;
-use loft::engine::arch::Arch;
 use loft::engine::data::Example;
-use loft::engine::model::{LoadOptions, LoraConfig, Model};
-use loft::engine::source::{ModelFiles, WeightFiles};
+use loft::engine::model::{LoraConfig, Model};
 use loft::engine::train::run::{RunDir, RunSpec};
 use loft::engine::train::{self, TrainCommand, TrainConfig, TrainEvent, TrainJob};
-use loft::engine::weights::Weights;
 
 fn tiny_llama() -> Model {
-    let folder = support::fixtures().join("tiny/llama");
-    let files = ModelFiles::from_folder(&folder).unwrap();
-    let arch = Arch::from_config_file(files.config.as_deref().unwrap()).unwrap();
-    let WeightFiles::Safetensors(paths) = &files.weights else {
-        panic!()
-    };
-    Model::load(
-        &arch,
-        &Weights::open_safetensors(paths).unwrap(),
-        &LoadOptions::default(),
-    )
-    .unwrap()
+    support::tiny_model("llama")
 }
 
 /// A learnable toy task: after a 4-token prompt, the answer repeats a fixed pattern.
@@ -115,17 +100,7 @@ fn run_to_end(runs: &std::path::Path, config: &TrainConfig) -> (RunDir, Vec<Trai
 }
 
 fn adapter_weights(run: &RunDir) -> Vec<(String, Vec<f32>)> {
-    let t = candle_core::safetensors::load(
-        run.adapter_dir().join("adapter_model.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let mut v: Vec<_> = t
-        .into_iter()
-        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    support::adapter_tensors(&run.adapter_dir())
 }
 
 #[test]

@@ -241,49 +241,105 @@ pub struct LoadedModel {
 
 pub fn load(files: &ModelFiles, options: &LoadOptions) -> Result<LoadedModel> {
     let start = Instant::now();
-    let (model, tokenizer, template, mut stop_tokens) = match &files.weights {
+    let (model, text) = match &files.weights {
         WeightFiles::Gguf(path) => {
             let gguf = GgufModel::open(path)?;
-            let tokenizer = tokenizer::from_gguf(path, gguf.metadata())?;
-            let special = tokenizer::SpecialTokens::from_gguf(gguf.metadata());
-            let template = ChatTemplate::from_gguf(gguf.metadata(), &special);
-            let stops: Vec<u32> = special.eos.iter().map(|(_, id)| *id).collect();
+            let text = gguf_text_tools(path, &gguf)?;
             let arch = gguf.arch().clone();
-            let model = Model::load(&arch, &Weights::from_gguf(gguf), options)?;
-            (model, tokenizer, template, stops)
+            (
+                Model::load(&arch, &Weights::from_gguf(gguf), options)?,
+                text,
+            )
         }
         WeightFiles::Safetensors(paths) => {
             let arch = arch_of_folder(files)?;
-            let tokenizer_path = files.tokenizer.as_deref().ok_or_else(|| {
-                ModelError::NotFound(format!(
-                    "{}: no tokenizer.json; Loft needs the model's fast tokenizer file (transformers saves it with `tokenizer.save_pretrained`)",
-                    files.root.display()
-                ))
-            })?;
-            let tokenizer = tokenizer::load_tokenizer_json(tokenizer_path)?;
-            let template = ChatTemplate::from_model_files(
-                files.tokenizer_config.as_deref(),
-                files.chat_template.as_deref(),
-            )?;
-            let model = Model::load(&arch, &Weights::open_safetensors(paths)?, options)?;
-            let stops = generation_stop_tokens(files.generation_config.as_deref())?;
-            (model, tokenizer, template, stops)
+            let text = folder_text_tools(files, Some(&arch))?;
+            (
+                Model::load(&arch, &Weights::open_safetensors(paths)?, options)?,
+                text,
+            )
         }
     };
-    check_vocab(files, &tokenizer, model.arch.vocab_size)?;
-    if let Some(id) = tokenizer.token_to_id(&template.eos_token) {
-        stop_tokens.push(id);
-    }
-    stop_tokens.sort_unstable();
-    stop_tokens.dedup();
+    check_vocab(files, &text.tokenizer, model.arch.vocab_size)?;
     Ok(LoadedModel {
         files: files.clone(),
         model,
-        tokenizer,
-        template,
-        stop_tokens,
+        tokenizer: text.tokenizer,
+        template: text.template,
+        stop_tokens: text.stop_tokens,
         load_time: start.elapsed(),
     })
+}
+
+/// What a model says and reads without its weights: tokenizer, chat template, stop tokens, context.
+pub struct TextTools {
+    pub tokenizer: tokenizers::Tokenizer,
+    pub template: ChatTemplate,
+    /// Token ids that end an answer (eos from generation_config.json, tokenizer_config.json or GGUF).
+    pub stop_tokens: Vec<u32>,
+    pub context_length: Option<usize>,
+}
+
+/// Load a model's tokenizer and chat template without its weights (the data step needs only these).
+pub fn load_text_tools(files: &ModelFiles) -> Result<TextTools> {
+    match &files.weights {
+        WeightFiles::Gguf(path) => gguf_text_tools(path, &GgufModel::open(path)?),
+        WeightFiles::Safetensors(_) => {
+            let arch = files
+                .config
+                .as_deref()
+                .and_then(|c| Arch::from_config_file(c).ok());
+            folder_text_tools(files, arch.as_ref())
+        }
+    }
+}
+
+fn gguf_text_tools(path: &Path, gguf: &GgufModel) -> Result<TextTools> {
+    let tokenizer = tokenizer::from_gguf(path, gguf.metadata())?;
+    let special = tokenizer::SpecialTokens::from_gguf(gguf.metadata());
+    let template = ChatTemplate::from_gguf(gguf.metadata(), &special);
+    let stops = special.eos.iter().map(|(_, id)| *id).collect();
+    Ok(TextTools {
+        stop_tokens: with_template_eos(stops, &tokenizer, &template),
+        tokenizer,
+        template,
+        context_length: Some(gguf.arch().max_position_embeddings),
+    })
+}
+
+fn folder_text_tools(files: &ModelFiles, arch: Option<&Arch>) -> Result<TextTools> {
+    let tokenizer_path = files.tokenizer.as_deref().ok_or_else(|| {
+        ModelError::NotFound(format!(
+            "{}: no tokenizer.json; Loft needs the model's fast tokenizer file (transformers saves it with `tokenizer.save_pretrained`)",
+            files.root.display()
+        ))
+    })?;
+    let tokenizer = tokenizer::load_tokenizer_json(tokenizer_path)?;
+    let template = ChatTemplate::from_model_files(
+        files.tokenizer_config.as_deref(),
+        files.chat_template.as_deref(),
+    )?;
+    let stops = generation_stop_tokens(files.generation_config.as_deref())?;
+    Ok(TextTools {
+        stop_tokens: with_template_eos(stops, &tokenizer, &template),
+        tokenizer,
+        template,
+        context_length: arch.map(|a| a.max_position_embeddings),
+    })
+}
+
+/// The template's end-of-turn token stops answers too (ChatML models list only <|endoftext|> elsewhere).
+fn with_template_eos(
+    mut stops: Vec<u32>,
+    tokenizer: &tokenizers::Tokenizer,
+    template: &ChatTemplate,
+) -> Vec<u32> {
+    if let Some(id) = tokenizer.token_to_id(&template.eos_token) {
+        stops.push(id);
+    }
+    stops.sort_unstable();
+    stops.dedup();
+    stops
 }
 
 /// A tokenizer may have fewer tokens than the embedding (padded vocabularies), never more.

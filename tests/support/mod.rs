@@ -128,3 +128,37 @@ pub fn smollm2_reference() -> serde_json::Value {
         .expect("reference.json");
     serde_json::from_str(&text).expect("reference.json is JSON")
 }
+
+/// A tiny random model from tests/fixtures/tiny/<name> (made by scripts/make_model_fixtures.py).
+pub fn tiny_model(name: &str) -> loft::engine::model::Model {
+    use loft::engine::source::{ModelFiles, WeightFiles};
+    let files =
+        ModelFiles::from_folder(&fixtures().join("tiny").join(name)).expect("tiny model folder");
+    let config = files.config.as_deref().expect("config.json");
+    let arch = loft::engine::arch::Arch::from_config_file(config).expect("tiny config");
+    let WeightFiles::Safetensors(paths) = &files.weights else {
+        panic!("tiny models are safetensors folders")
+    };
+    let weights = loft::engine::weights::Weights::open_safetensors(paths).expect("tiny weights");
+    loft::engine::model::Model::load(&arch, &weights, &Default::default()).expect("load tiny model")
+}
+
+/// An adapter folder's tensors, flattened and sorted by name, for comparing two adapters.
+pub fn adapter_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let file = dir.join("adapter_model.safetensors");
+    let tensors =
+        candle_core::safetensors::load(&file, &candle_core::Device::Cpu).expect("adapter file");
+    let mut v: Vec<_> = tensors
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k,
+                t.flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .expect("f32 tensor"),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}

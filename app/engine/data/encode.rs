@@ -18,7 +18,6 @@
 //! the template already writes the BOS token where the model wants one.
 
 use std::ops::Range;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
@@ -31,7 +30,7 @@ use super::report::{
 use super::split::{length_grouped_batches, random_batches};
 use super::{Conversation, DataError, Dataset, Progress, Stage};
 use crate::engine::chat::{ChatMessage, ChatTemplate};
-use crate::engine::source::{ModelFiles, WeightFiles};
+use crate::engine::source::{ModelFiles, TextTools};
 
 /// Which tokens carry loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -540,53 +539,9 @@ impl ValidationReport {
     }
 }
 
-/// What encoding needs from a model: its tokenizer and chat template, and its context length.
-pub struct TextTools {
-    pub tokenizer: Tokenizer,
-    pub template: ChatTemplate,
-    pub context_length: Option<usize>,
-}
-
 /// Load a model's tokenizer and chat template without its weights.
 pub fn load_text_tools(files: &ModelFiles) -> Result<TextTools, DataError> {
-    use crate::engine::error::ModelError;
-    use crate::engine::{arch::Arch, gguf::GgufModel, tokenizer};
-    match &files.weights {
-        WeightFiles::Gguf(path) => {
-            let gguf = GgufModel::open(path)?;
-            let tokenizer = tokenizer::from_gguf(path, gguf.metadata())?;
-            let special = tokenizer::SpecialTokens::from_gguf(gguf.metadata());
-            let template = ChatTemplate::from_gguf(gguf.metadata(), &special);
-            Ok(TextTools {
-                tokenizer,
-                template,
-                context_length: Some(gguf.arch().max_position_embeddings),
-            })
-        }
-        WeightFiles::Safetensors(_) => {
-            let path = files.tokenizer.as_deref().ok_or_else(|| {
-                ModelError::NotFound(format!(
-                    "{}: no tokenizer.json; Loft needs the model's fast tokenizer file",
-                    files.root.display()
-                ))
-            })?;
-            let tokenizer = tokenizer::load_tokenizer_json(path)?;
-            let template = ChatTemplate::from_model_files(
-                files.tokenizer_config.as_deref(),
-                files.chat_template.as_deref(),
-            )?;
-            let context_length = files
-                .config
-                .as_deref()
-                .and_then(|c: &Path| Arch::from_config_file(c).ok())
-                .map(|a| a.max_position_embeddings);
-            Ok(TextTools {
-                tokenizer,
-                template,
-                context_length,
-            })
-        }
-    }
+    Ok(crate::engine::source::load_text_tools(files)?)
 }
 
 #[cfg(test)]

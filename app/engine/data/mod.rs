@@ -26,9 +26,10 @@ use serde::Serialize;
 
 use super::chat::ChatMessage;
 
+pub use crate::engine::source::TextTools;
 pub use encode::{
     encode_conversation, encode_dataset, load_text_tools, render_with_spans, EncodeOptions,
-    Encoded, Example, Overlong, Rendered, TextTools, TrainOn,
+    Encoded, Example, Overlong, Rendered, TrainOn,
 };
 pub use report::{
     Distribution, EncodeSummary, ErrorKind, Histogram, RoleCounts, RowError, SplitSummary, Stats,

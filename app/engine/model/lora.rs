@@ -8,6 +8,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::rng::SplitMix64;
+
 /// The attention preset: what the LoRA paper adapted.
 pub const ATTENTION_TARGETS: [&str; 2] = ["q_proj", "v_proj"];
 /// Every linear layer of the decoder blocks (PEFT's "all-linear" for these models: lm_head excluded).
@@ -108,7 +110,7 @@ impl LoraAdapter {
         device: &Device,
     ) -> Result<Self> {
         let bound = 1.0 / (in_features as f64).sqrt();
-        let mut rng = SplitMix::new(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = SplitMix64::new(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let a: Vec<f32> = (0..config.r * in_features)
             .map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32)
             .collect();
@@ -149,7 +151,7 @@ impl LoraAdapter {
     fn dropout_mask(&self, dims: &[usize], key: u64, device: &Device) -> Result<Tensor> {
         let keep = 1.0 - self.dropout;
         let scale = (1.0 / keep) as f32;
-        let mut rng = SplitMix::new(key ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut rng = SplitMix64::new(key ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03));
         let n: usize = dims.iter().product();
         let mask: Vec<f32> = (0..n)
             .map(|_| if rng.unit() < keep { scale } else { 0.0 })
@@ -159,29 +161,6 @@ impl LoraAdapter {
 
     pub fn parameter_count(&self) -> usize {
         self.a.elem_count() + self.b.elem_count()
-    }
-}
-
-/// SplitMix64: tiny, fast and good enough for initialisation and dropout masks, and — unlike
-/// candle's device RNG — seedable, so runs repeat exactly.
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        SplitMix(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -18,8 +18,8 @@ use super::run::{RunDir, OPTIMIZER_STATE, TRAINER_STATE};
 use crate::engine::adapter::{self, peft_key};
 use crate::engine::data::Example;
 use crate::engine::error::{ModelError, Result};
-use crate::engine::model::lora::SplitMix;
 use crate::engine::model::Model;
+use crate::engine::rng::SplitMix64;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepMetrics {
@@ -572,11 +572,8 @@ impl Trainer {
 /// The order of the training examples in `epoch`: a Fisher–Yates shuffle seeded by (seed, epoch).
 fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = SplitMix::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
+    SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .shuffle(&mut order);
     order
 }
 
