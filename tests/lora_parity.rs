@@ -31,16 +31,7 @@ fn expected(case: &str) -> HashMap<String, Tensor> {
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    support::max_abs_diff(a, b)
 }
 
 /// Loft's loss inputs from transformers' labels: ids, and a mask that is 0 where the label is -100.

@@ -34,16 +34,7 @@ fn expected(folder: &Path) -> (Tensor, Tensor) {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    support::max_abs_diff(a, b)
 }
 
 #[test]
