@@ -286,16 +286,5 @@ fn a_killed_run_resumes_to_the_same_adapter() {
             losses(&want)
         );
     }
-    for ((ka, a), (kb, b)) in support::adapter_tensors(&run.join("adapter"))
-        .iter()
-        .zip(support::adapter_tensors(&straight.join("adapter")))
-    {
-        assert_eq!(ka, &kb);
-        let diff = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(diff < 1e-5, "{ka}: resumed adapter differs by {diff}");
-    }
+    support::assert_same_adapters(&run.join("adapter"), &straight.join("adapter"), 1e-5);
 }

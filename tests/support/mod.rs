@@ -143,8 +143,34 @@ pub fn tiny_model(name: &str) -> loft::engine::model::Model {
     loft::engine::model::Model::load(&arch, &weights, &Default::default()).expect("load tiny model")
 }
 
+/// Two adapter folders hold the same tensors (names, and values within `tolerance`).
+pub fn assert_same_adapters(a: &Path, b: &Path, tolerance: f32) {
+    let (left, right) = (adapter_tensors(a), adapter_tensors(b));
+    assert_eq!(
+        left.len(),
+        right.len(),
+        "{} and {} hold different tensors",
+        a.display(),
+        b.display()
+    );
+    for ((ka, va), (kb, vb)) in left.iter().zip(&right) {
+        assert_eq!(ka, kb);
+        let diff = va
+            .iter()
+            .zip(vb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff < tolerance,
+            "{ka} differs by {diff} between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
 /// An adapter folder's tensors, flattened and sorted by name, for comparing two adapters.
-pub fn adapter_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
+fn adapter_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
     let file = dir.join("adapter_model.safetensors");
     let tensors =
         candle_core::safetensors::load(&file, &candle_core::Device::Cpu).expect("adapter file");

@@ -113,18 +113,20 @@ impl AdamW {
 }
 
 /// Scale gradients so their global L2 norm is at most `max_norm`; returns the norm before clipping
-/// (as torch.nn.utils.clip_grad_norm_ does). `max_norm` 0 only measures.
+/// (as torch.nn.utils.clip_grad_norm_ does). `max_norm` 0 only measures. The squares are summed in
+/// f64: in f32 a large but finite gradient squares to inf, and clipping by an infinite norm would
+/// silently zero the update. A norm that is not finite is returned as is and nothing is scaled.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let mut total = 0.0f64;
     for g in grads.iter() {
         total += g
+            .to_dtype(DType::F64)?
             .sqr()?
             .sum_all()?
-            .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
     }
     let norm = total.sqrt();
-    if max_norm > 0.0 && norm > max_norm {
+    if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);
         for g in grads.iter_mut() {
             *g = (&*g * scale)?;
@@ -180,6 +182,18 @@ mod tests {
         assert_eq!(
             other.m[0].to_vec1::<f32>().unwrap(),
             opt.m[0].to_vec1::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_gradient_too_large_to_square_in_f32_still_clips() {
+        let mut g = vec![Tensor::new(&[3e20f32, 4e20], &Device::Cpu).unwrap()];
+        let norm = clip_grad_norm(&mut g, 1.0).unwrap();
+        assert!((norm / 5e20 - 1.0).abs() < 1e-6, "{norm}");
+        let v = g[0].to_vec1::<f32>().unwrap();
+        assert!(
+            (v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5,
+            "{v:?}"
         );
     }
 

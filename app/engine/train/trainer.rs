@@ -307,10 +307,14 @@ impl Trainer {
             let step_start = Instant::now();
             let lr = self.job.config.lr_at(step, self.total_steps);
             let (loss, grad_norm, tokens) = self.train_step(step, lr)?;
-            if !loss.is_finite() {
+            if !loss.is_finite() || !grad_norm.is_finite() {
                 let last = self.job.run.checkpoints().pop().map(|(s, _)| s);
+                let what = match loss.is_finite() {
+                    true => format!("the gradients' norm became {grad_norm}"),
+                    false => format!("the loss became {loss}"),
+                };
                 self.send(TrainEvent::Failed {
-                    reason: format!("the loss became {loss} at step {}", step + 1),
+                    reason: format!("{what} at step {}", step + 1),
                     advice: format!(
                         "Training diverged: lower the learning rate (now {lr:.2e}; try half), or check the data for very long or broken rows.{}",
                         last.map_or(String::new(), |s| format!(" The last good checkpoint is step {s}; its adapter is kept."))
@@ -459,7 +463,8 @@ impl Trainer {
             .map(|(g, (_, v))| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
             .collect::<candle_core::Result<_>>()?;
         let norm = clip_grad_norm(&mut grads, c.max_grad_norm)?;
-        if loss_sum.is_finite() {
+        // A non-finite step is never applied: the run stops with the weights of the last good step.
+        if loss_sum.is_finite() && norm.is_finite() {
             self.optimizer.apply(&grads, lr)?;
         }
         Ok((loss_sum, norm, tokens))
