@@ -261,3 +261,23 @@ fn loft_trained_adapter_matches_peft_on_the_same_files() {
     let base = tiny("llama").forward(&ids, 0, None).unwrap();
     assert!(max_abs(&base, &peft["logits"]) > 1e-3);
 }
+
+#[test]
+fn parameter_count_from_config_equals_the_attached_adapters() {
+    use loft::engine::model::lora::{LoraConfig, ALL_LINEAR_TARGETS, ATTENTION_TARGETS};
+    for name in ["llama", "qwen2", "gemma3"] {
+        for targets in [&ALL_LINEAR_TARGETS[..], &ATTENTION_TARGETS[..]] {
+            let mut model = tiny(name);
+            let config = LoraConfig {
+                r: 3,
+                targets: targets.iter().map(|s| s.to_string()).collect(),
+                ..LoraConfig::default()
+            };
+            model.attach_lora(&config, 0).unwrap();
+            let attached: usize = model.adapters().map(|(_, a)| a.parameter_count()).sum();
+            let predicted = model.arch.lora_parameter_count(&config.targets, config.r);
+            assert!(attached > 0);
+            assert_eq!(predicted, attached as u64, "{name} {targets:?}");
+        }
+    }
+}

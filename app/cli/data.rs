@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::models::ModelArg;
 use crate::engine::data::{
-    self, DataError, Dataset, EncodeOptions, Overlong, Progress, SplitSpec, SplitSummary, Stage,
-    TrainOn, ValidateOptions, Validated, ValidationReport,
+    self, Dataset, EncodeOptions, Overlong, Progress, SplitSpec, SplitSummary, Stage, TrainOn,
+    ValidateOptions, ValidationReport,
 };
 
 #[derive(Args)]
@@ -125,31 +125,10 @@ pub fn validate(args: ValidateArgs) -> Result<i32> {
         };
         let cancel = AtomicBool::new(false);
         let mut progress = progress_printer(args.json);
-        match data::validate_file(path, &options, &mut progress, &cancel) {
-            Ok(Validated {
-                mut report,
-                dataset,
-            }) => {
-                if let (Some(tools), Some(encode)) = (&tools, &encode_options) {
-                    let encoded = data::encode_dataset(
-                        &dataset,
-                        &tools.tokenizer,
-                        &tools.template,
-                        encode,
-                        &mut progress,
-                        &cancel,
-                    )?;
-                    report.add_encoding(&encoded);
-                }
-                clear_progress(args.json);
-                Ok((report, Some(dataset)))
-            }
-            Err(DataError::Cancelled) => Err(DataError::Cancelled.into()),
-            Err(e) => {
-                clear_progress(args.json);
-                Ok((ValidationReport::unreadable(path.to_path_buf(), &e), None))
-            }
-        }
+        let encode = tools.as_ref().zip(encode_options.as_ref());
+        let checked = data::check_file(path, &options, encode, &mut progress, &cancel);
+        clear_progress(args.json);
+        Ok(checked?)
     };
 
     let (mut report, dataset) = check(&args.data)?;

@@ -7,9 +7,9 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::engine::cache;
-use crate::engine::chat::{ChatMessage, TemplateOrigin};
+use crate::engine::chat::TemplateOrigin;
 use crate::engine::device;
-use crate::engine::generate::{generate as run_generation, Sampling, TextStream};
+use crate::engine::generate::Sampling;
 use crate::engine::hub::{DownloadEvent, HubOptions};
 use crate::engine::model::LoadOptions;
 use crate::engine::source::{self, ModelFiles, ModelSource, Resolve};
@@ -176,55 +176,19 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             &crate::engine::adapter::adapter_dir(path),
         )?;
     }
-    let prompt = if args.raw {
-        args.prompt.clone()
-    } else {
-        let mut messages = Vec::new();
-        if let Some(system) = &args.system {
-            messages.push(ChatMessage {
-                role: "system".into(),
-                content: system.clone(),
-            });
-        }
-        messages.push(ChatMessage {
-            role: "user".into(),
-            content: args.prompt.clone(),
-        });
-        loaded.template.render(&messages, true)?
-    };
-    let ids = loaded
-        .tokenizer
-        .encode(prompt.as_str(), args.raw)
-        .map_err(|e| anyhow::anyhow!("cannot tokenize the prompt: {e}"))?
-        .get_ids()
-        .to_vec();
+    let ids = loaded.prompt_ids(args.system.as_deref(), &args.prompt, args.raw)?;
     let sampling = Sampling {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
         top_p: args.top_p,
         seed: args.seed,
     };
-    let mut stream = TextStream::new(&loaded.tokenizer);
     let mut stdout = std::io::stdout();
-    let stops = loaded.stop_tokens.clone();
-    let mut on_token = |id: u32| {
-        if stops.contains(&id) {
-            return;
-        }
-        if let Ok(delta) = stream.push(id) {
-            let _ = stdout.write_all(delta.as_bytes());
-            let _ = stdout.flush();
-        }
-    };
     let cancel = AtomicBool::new(false);
-    let out = run_generation(
-        &loaded.model,
-        &ids,
-        &sampling,
-        &stops,
-        &cancel,
-        &mut on_token,
-    )?;
+    let out = loaded.answer(&ids, &sampling, &cancel, &mut |text| {
+        let _ = stdout.write_all(text.as_bytes());
+        let _ = stdout.flush();
+    })?;
     println!();
     if args.stats {
         eprintln!(

@@ -187,6 +187,33 @@ impl Arch {
         embed + per_layer * self.num_layers as u64 + h + head
     }
 
+    /// (in, out) features of a projection named as in Hugging Face (`q_proj` … `down_proj`).
+    pub fn projection_shape(&self, module: &str) -> Option<(usize, usize)> {
+        let h = self.hidden_size;
+        let q = self.num_heads * self.head_dim;
+        let kv = self.num_kv_heads * self.head_dim;
+        let inter = self.intermediate_size;
+        Some(match module {
+            "q_proj" => (h, q),
+            "k_proj" | "v_proj" => (h, kv),
+            "o_proj" => (q, h),
+            "gate_proj" | "up_proj" => (h, inter),
+            "down_proj" => (inter, h),
+            _ => return None,
+        })
+    }
+
+    /// Trainable LoRA parameters for rank `r` on `targets`, without loading weights: r·(in + out) per
+    /// targeted projection in every layer.
+    pub fn lora_parameter_count(&self, targets: &[String], r: usize) -> u64 {
+        let per_layer: usize = targets
+            .iter()
+            .filter_map(|t| self.projection_shape(t))
+            .map(|(i, o)| r * (i + o))
+            .sum();
+        (per_layer * self.num_layers) as u64
+    }
+
     /// Read config.json (transformers 4 or 5 style).
     pub fn from_config_file(path: &Path) -> Result<Arch> {
         let value = super::error::read_json(path)?;

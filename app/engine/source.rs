@@ -271,6 +271,63 @@ pub fn load(files: &ModelFiles, options: &LoadOptions) -> Result<LoadedModel> {
     })
 }
 
+impl LoadedModel {
+    /// The token ids of a prompt: one user turn (after an optional system turn) through the chat template,
+    /// or the text as it is when `raw`.
+    pub fn prompt_ids(&self, system: Option<&str>, prompt: &str, raw: bool) -> Result<Vec<u32>> {
+        let text = if raw {
+            prompt.to_string()
+        } else {
+            let mut messages = Vec::new();
+            if let Some(system) = system {
+                messages.push(crate::engine::chat::ChatMessage::new("system", system));
+            }
+            messages.push(crate::engine::chat::ChatMessage::new("user", prompt));
+            self.template.render(&messages, true)?
+        };
+        Ok(self
+            .tokenizer
+            .encode(text.as_str(), raw)
+            .map_err(|e| ModelError::Tokenizer {
+                path: "tokenizer".into(),
+                message: format!("cannot tokenize the prompt: {e}"),
+            })?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Continue `prompt`, handing each new piece of text to `on_text` as it comes (stop tokens are not
+    /// text and are not shown).
+    pub fn answer(
+        &self,
+        prompt: &[u32],
+        sampling: &crate::engine::generate::Sampling,
+        cancel: &std::sync::atomic::AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<crate::engine::generate::Generation> {
+        let mut stream = crate::engine::generate::TextStream::new(&self.tokenizer);
+        let stops = &self.stop_tokens;
+        let mut on_token = |id: u32| {
+            if stops.contains(&id) {
+                return;
+            }
+            if let Ok(delta) = stream.push(id) {
+                if !delta.is_empty() {
+                    on_text(&delta);
+                }
+            }
+        };
+        crate::engine::generate::generate(
+            &self.model,
+            prompt,
+            sampling,
+            stops,
+            cancel,
+            &mut on_token,
+        )
+    }
+}
+
 /// What a model says and reads without its weights: tokenizer, chat template, stop tokens, context.
 pub struct TextTools {
     pub tokenizer: tokenizers::Tokenizer,

@@ -38,6 +38,39 @@ pub use report::{
 pub use split::{length_grouped_batches, padding_waste, split_indices, Batches, SplitSpec};
 pub use validate::{validate_file, validate_reader, warn_overlap, ValidateOptions, Validated};
 
+/// Validate a file and, when the model's text tools are given, encode it exactly as training will (token
+/// lengths, truncation, loss masks). A file that cannot be read becomes a report with a fatal error, so
+/// the only `Err` is `Cancelled`.
+pub fn check_file(
+    path: &std::path::Path,
+    options: &ValidateOptions,
+    encode: Option<(&TextTools, &EncodeOptions)>,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<(ValidationReport, Option<Dataset>), DataError> {
+    match validate_file(path, options, progress, cancel) {
+        Ok(Validated {
+            mut report,
+            dataset,
+        }) => {
+            if let Some((tools, encode)) = encode {
+                let encoded = encode_dataset(
+                    &dataset,
+                    &tools.tokenizer,
+                    &tools.template,
+                    encode,
+                    progress,
+                    cancel,
+                )?;
+                report.add_encoding(&encoded);
+            }
+            Ok((report, Some(dataset)))
+        }
+        Err(DataError::Cancelled) => Err(DataError::Cancelled),
+        Err(e) => Ok((ValidationReport::unreadable(path.to_path_buf(), &e), None)),
+    }
+}
+
 /// How records are laid out in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -6,7 +6,10 @@ pub mod loss;
 pub mod optim;
 pub mod prepare;
 pub mod run;
+pub mod runs;
+pub mod session;
 pub mod trainer;
 
 pub use config::{Schedule, TrainConfig};
+pub use session::{Session, SessionEvent};
 pub use trainer::{spawn, TrainCommand, TrainEvent, TrainHandle, TrainJob};

@@ -126,20 +126,7 @@ pub fn spawn(job: TrainJob) -> TrainHandle {
     let (commands, command_rx) = channel();
     let thread = std::thread::Builder::new()
         .name("loft-train".into())
-        .spawn(move || {
-            let failed = event_tx.clone();
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Trainer::new(job, event_tx, command_rx).and_then(|t| t.run())
-            }));
-            let failure = match outcome {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(failure_of(&e.to_string())),
-                Err(panic) => Some(failure_of(&panic_message(&panic))),
-            };
-            if let Some(event) = failure {
-                let _ = failed.send(event);
-            }
-        });
+        .spawn(move || run_reporting(job, event_tx, command_rx));
     match thread {
         Ok(t) => TrainHandle {
             events,
@@ -157,6 +144,23 @@ pub fn spawn(job: TrainJob) -> TrainHandle {
                 thread: None,
             }
         }
+    }
+}
+
+/// Train to the end on this thread; an error or a panic becomes a `Failed` event with advice, so whoever
+/// listens always hears how the run ended.
+pub fn run_reporting(job: TrainJob, events: Sender<TrainEvent>, commands: Receiver<TrainCommand>) {
+    let failed = events.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Trainer::new(job, events, commands).and_then(|t| t.run())
+    }));
+    let failure = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(failure_of(&e.to_string())),
+        Err(panic) => Some(failure_of(&panic_message(&panic))),
+    };
+    if let Some(event) = failure {
+        let _ = failed.send(event);
     }
 }
 
@@ -178,7 +182,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// A failure event with advice a person can act on.
-fn failure_of(reason: &str) -> TrainEvent {
+pub fn failure_of(reason: &str) -> TrainEvent {
     let lower = reason.to_lowercase();
     let advice = if lower.contains("out of memory") || lower.contains("alloc") {
         "The model and batch do not fit in memory: lower the micro-batch size or max_seq_len (raise gradient accumulation to keep the effective batch), target fewer modules, or use QLoRA."
