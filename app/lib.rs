@@ -1,6 +1,8 @@
 //! Loft: fine-tune Hugging Face language models with LoRA and QLoRA on your own workstation.
 //!
-//! `engine` is the whole product without pixels; `cli` is its scripting face.
+//! `engine` is the whole product without pixels; `ui` is the desktop window over it; `cli` is its
+//! scripting face.
 
 pub mod cli;
 pub mod engine;
+pub mod ui;

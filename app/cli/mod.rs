@@ -1,9 +1,11 @@
 //! `loft` on the command line: the same engine functions the app calls, for scripts, tests and benchmarks.
+//! With no command it opens the desktop window.
 
 mod bench;
 mod data;
 mod models;
-mod train;
+pub mod train;
+mod window;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +18,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// With no command: datasets or a model to open in the window (as if dropped on it).
+    #[arg(value_name = "FILE")]
+    open: Vec<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -34,6 +39,10 @@ enum Command {
     /// Measure training-step speed and peak memory on synthetic tokens (for scripts/bench_train.sh).
     #[command(hide = true)]
     BenchTrain(bench::BenchTrainArgs),
+    /// Open the window at a fixed size, optionally train a few steps, save a screenshot and print
+    /// time-to-first-frame and frame-time figures as JSON (the smoke test and the UI benchmark).
+    #[command(hide = true)]
+    WindowCheck(window::WindowCheckArgs),
 }
 
 /// Run the command line; returns the process exit code.
@@ -47,12 +56,11 @@ pub fn main() -> i32 {
         Some(Command::Validate(args)) => data::validate(args),
         Some(Command::Train(args)) => train::train(*args).map(|()| 0),
         Some(Command::BenchTrain(args)) => bench::bench_train(args).map(|()| 0),
-        None => {
-            use clap::CommandFactory;
-            // The desktop window arrives with the app issue; until then, show what the CLI does.
-            let _ = Cli::command().print_help();
-            Ok(0)
-        }
+        Some(Command::WindowCheck(args)) => window::window_check(args),
+        None => Ok(crate::ui::run(crate::ui::WindowOptions {
+            open: cli.open,
+            check: None,
+        })),
     };
     match result {
         Ok(code) => code,

@@ -1,16 +1,16 @@
 //! `loft train`: start a LoRA run (or resume one) and follow it with a progress bar and a line per step.
 
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::engine::hub::DownloadEvent;
 use crate::engine::model::lora::{ALL_LINEAR_TARGETS, ATTENTION_TARGETS};
-use crate::engine::train::prepare::{prepare, PrepareEvent};
+use crate::engine::train::prepare::PrepareEvent;
 use crate::engine::train::run::{default_runs_dir, sha256_file, RunDir, RunSpec};
-use crate::engine::train::{self, TrainConfig, TrainEvent};
+use crate::engine::train::{Schedule, Session, SessionEvent, TrainConfig, TrainEvent};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -84,6 +84,33 @@ pub struct TrainArgs {
     /// Recompute activations in the backward pass: much less memory, about a third slower.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Learning-rate schedule after warm-up: cosine, linear or constant.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Share of the steps spent warming up the learning rate.
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// Warm-up steps (instead of --warmup-ratio).
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    /// AdamW's decoupled weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Clip the gradients' global norm to this (0: off).
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// AdamW's β₁.
+    #[arg(long)]
+    beta1: Option<f64>,
+    /// AdamW's β₂.
+    #[arg(long)]
+    beta2: Option<f64>,
+    /// AdamW's ε.
+    #[arg(long)]
+    adam_eps: Option<f64>,
+    /// Report metrics every N steps.
+    #[arg(long)]
+    log_every: Option<usize>,
 }
 
 impl TrainArgs {
@@ -131,6 +158,29 @@ impl TrainArgs {
         if let Some(t) = &self.targets {
             c.lora.targets = parse_targets(t)?;
         }
+        if let Some(s) = &self.schedule {
+            c.schedule = match s.as_str() {
+                "cosine" => Schedule::Cosine,
+                "linear" => Schedule::Linear,
+                "constant" => Schedule::Constant,
+                other => bail!("--schedule must be cosine, linear or constant, not `{other}`"),
+            };
+        }
+        let set_f = |slot: &mut f64, v: Option<f64>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set_f(&mut c.warmup_ratio, self.warmup_ratio);
+        set_f(&mut c.weight_decay, self.weight_decay);
+        set_f(&mut c.max_grad_norm, self.max_grad_norm);
+        set_f(&mut c.betas.0, self.beta1);
+        set_f(&mut c.betas.1, self.beta2);
+        set_f(&mut c.eps, self.adam_eps);
+        set(&mut c.log_every, self.log_every);
+        if self.warmup_steps.is_some() {
+            c.warmup_steps = self.warmup_steps;
+        }
         c.validate()
             .map_err(|m| anyhow::anyhow!("invalid setting: {m}"))?;
         Ok(c)
@@ -146,6 +196,97 @@ fn read_config(path: &PathBuf) -> Result<TrainConfig> {
     }
     toml::from_str::<TrainConfig>(&text)
         .with_context(|| format!("{} is not a valid training configuration", path.display()))
+}
+
+/// The `loft train …` line that starts the same run as `spec` (runs under `out`), or that resumes
+/// `resume`. Settings equal to their defaults are left out.
+pub fn command_line(spec: &RunSpec, out: Option<&Path>, resume: Option<&Path>) -> String {
+    let quote = |text: &str| -> String {
+        let plain = text
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_./:=@,+".contains(ch));
+        if plain && !text.is_empty() {
+            text.to_string()
+        } else {
+            format!("'{}'", text.replace('\'', r"'\''"))
+        }
+    };
+    if let Some(run) = resume {
+        return format!("loft train --resume {}", quote(&run.display().to_string()));
+    }
+    let d = TrainConfig::default();
+    let c = &spec.train;
+    let mut args = vec![
+        "loft train".to_string(),
+        format!("--model {}", quote(&spec.model)),
+        format!("--data {}", quote(&spec.data.display().to_string())),
+    ];
+    let mut push = |flag: &str, value: String| args.push(format!("--{flag} {value}"));
+    match &spec.eval_data {
+        Some(e) => push("eval-data", quote(&e.display().to_string())),
+        None => push("eval-split", spec.eval_split.to_string()),
+    }
+    if let Some(out) = out {
+        push("out", quote(&out.display().to_string()));
+    }
+    push("name", quote(&spec.name));
+    match c.max_steps {
+        Some(s) => push("max-steps", s.to_string()),
+        None => push("epochs", c.epochs.to_string()),
+    }
+    push("batch-size", c.micro_batch_size.to_string());
+    push("grad-accum", c.grad_accum.to_string());
+    push("lr", c.lr.to_string());
+    push("rank", c.lora.r.to_string());
+    push("alpha", c.lora.alpha.to_string());
+    push("dropout", c.lora.dropout.to_string());
+    push("targets", c.lora.targets.join(","));
+    push("max-seq-len", c.max_seq_len.to_string());
+    push("seed", c.seed.to_string());
+    if c.eval_every != d.eval_every {
+        push("eval-every", c.eval_every.to_string());
+    }
+    if c.save_every != d.save_every {
+        push("save-every", c.save_every.to_string());
+    }
+    if c.schedule != d.schedule {
+        push("schedule", format!("{:?}", c.schedule).to_lowercase());
+    }
+    match c.warmup_steps {
+        Some(w) => push("warmup-steps", w.to_string()),
+        None if c.warmup_ratio != d.warmup_ratio => {
+            push("warmup-ratio", c.warmup_ratio.to_string())
+        }
+        None => {}
+    }
+    let floats = [
+        ("weight-decay", c.weight_decay, d.weight_decay),
+        ("max-grad-norm", c.max_grad_norm, d.max_grad_norm),
+        ("beta1", c.betas.0, d.betas.0),
+        ("beta2", c.betas.1, d.betas.1),
+        ("adam-eps", c.eps, d.eps),
+    ];
+    for (flag, value, default) in floats {
+        if value != default {
+            push(flag, value.to_string());
+        }
+    }
+    if c.log_every != d.log_every {
+        push("log-every", c.log_every.to_string());
+    }
+    let switches = [
+        ("rslora", c.lora.use_rslora),
+        ("gradient-checkpointing", c.gradient_checkpointing),
+        ("train-on-all-tokens", spec.train_on_all_tokens),
+        ("truncate", spec.truncate_overlong),
+        ("skip-error-rows", spec.skip_error_rows),
+    ];
+    for (flag, on) in switches {
+        if on {
+            args.push(format!("--{flag}"));
+        }
+    }
+    args.join(" ")
 }
 
 pub fn parse_targets(text: &str) -> Result<Vec<String>> {
@@ -212,30 +353,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     };
     let run_path = run.path.clone();
     eprintln!("run folder: {}", run_path.display());
-    let cancel = AtomicBool::new(false);
-    let mut on_prepare = |e: PrepareEvent| match e {
-        PrepareEvent::LoadingModel => eprintln!("loading the model…"),
-        PrepareEvent::Download(crate::engine::hub::DownloadEvent::File { name, .. }) => {
-            eprintln!("downloading {name}…")
-        }
-        _ => {}
-    };
-    let (job, prepared) = prepare(&spec, run, resume, &mut on_prepare, &cancel)?;
-    eprintln!(
-        "{} training and {} evaluation examples on {}{}",
-        prepared.train_examples,
-        prepared.eval_examples,
-        prepared.device,
-        if prepared.dropped_overlong > 0 {
-            format!(
-                " ({} too long for max_seq_len {} were dropped)",
-                prepared.dropped_overlong, spec.train.max_seq_len
-            )
-        } else {
-            String::new()
-        }
-    );
-    let handle = train::spawn(job);
+    let session = Session::start(spec.clone(), run, resume, std::sync::Arc::new(|| {}));
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}")
@@ -250,7 +368,38 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
     };
     let mut outcome = Ok(());
-    for event in handle.events.iter() {
+    for event in session.events.iter() {
+        let event = match event {
+            SessionEvent::Preparing(PrepareEvent::LoadingModel) => {
+                eprintln!("loading the model…");
+                continue;
+            }
+            SessionEvent::Preparing(PrepareEvent::Download(DownloadEvent::File {
+                name, ..
+            })) => {
+                eprintln!("downloading {name}…");
+                continue;
+            }
+            SessionEvent::Preparing(_) => continue,
+            SessionEvent::Prepared(prepared) => {
+                eprintln!(
+                    "{} training and {} evaluation examples on {}{}",
+                    prepared.train_examples,
+                    prepared.eval_examples,
+                    prepared.device,
+                    if prepared.dropped_overlong > 0 {
+                        format!(
+                            " ({} too long for max_seq_len {} were dropped)",
+                            prepared.dropped_overlong, spec.train.max_seq_len
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+                continue;
+            }
+            SessionEvent::Train(event) => event,
+        };
         match event {
             TrainEvent::Started {
                 total_steps,
@@ -316,8 +465,105 @@ pub fn train(args: TrainArgs) -> Result<()> {
             TrainEvent::Paused { .. } | TrainEvent::Resumed { .. } => {}
         }
     }
-    handle.join();
+    session.join();
     outcome?;
     println!("{}", run_path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Line {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    /// Split like a POSIX shell does for the quoting `command_line` produces.
+    fn shell_words(line: &str) -> Vec<String> {
+        let (mut words, mut word, mut quoted, mut in_word) =
+            (Vec::new(), String::new(), false, false);
+        let mut chars = line.chars();
+        while let Some(ch) = chars.next() {
+            match ch {
+                '\\' if !quoted => {
+                    word.extend(chars.next());
+                    in_word = true;
+                }
+                '\'' => {
+                    quoted = !quoted;
+                    in_word = true;
+                }
+                ' ' if !quoted => {
+                    if in_word {
+                        words.push(std::mem::take(&mut word));
+                    }
+                    in_word = false;
+                }
+                _ => {
+                    word.push(ch);
+                    in_word = true;
+                }
+            }
+        }
+        if in_word {
+            words.push(word);
+        }
+        words
+    }
+
+    #[test]
+    fn the_copied_command_line_trains_with_the_same_settings() {
+        let train = TrainConfig {
+            max_steps: Some(30),
+            lr: 1.5e-4,
+            lora: crate::engine::model::LoraConfig {
+                r: 8,
+                alpha: 16.0,
+                use_rslora: true,
+                targets: vec!["q_proj".into(), "v_proj".into()],
+                ..Default::default()
+            },
+            schedule: Schedule::Linear,
+            warmup_ratio: 0.1,
+            weight_decay: 0.01,
+            betas: (0.85, 0.99),
+            gradient_checkpointing: true,
+            save_every: 5,
+            ..TrainConfig::default()
+        };
+        let spec = RunSpec {
+            name: "it's mine".into(),
+            model: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+            data: PathBuf::from("/data/my data.jsonl"),
+            data_sha256: String::new(),
+            eval_data: None,
+            eval_data_sha256: None,
+            eval_split: 0.2,
+            train_on_all_tokens: false,
+            truncate_overlong: true,
+            skip_error_rows: true,
+            created: String::new(),
+            loft_version: String::new(),
+            train: train.clone(),
+        };
+        let line = command_line(&spec, Some(Path::new("/runs")), None);
+        let words = shell_words(&line);
+        assert_eq!(&words[..2], ["loft", "train"]);
+        let parsed = Line::try_parse_from(&words[1..]).unwrap_or_else(|e| panic!("{line}\n{e}"));
+        let args = parsed.train;
+        assert_eq!(args.config().unwrap(), train, "{line}");
+        assert_eq!(args.data.as_deref(), Some(Path::new("/data/my data.jsonl")));
+        assert_eq!(args.name, "it's mine");
+        assert_eq!(args.eval_split, 0.2);
+        assert!(args.truncate && args.skip_error_rows && !args.train_on_all_tokens);
+        assert_eq!(args.out.as_deref(), Some(Path::new("/runs")));
+        assert_eq!(
+            command_line(&spec, None, Some(Path::new("/runs/a b"))),
+            "loft train --resume '/runs/a b'"
+        );
+    }
 }

@@ -1,0 +1,484 @@
+//! The app's state and its frame: the step bar (Model → Data → Method → Train, and Runs), the page of the
+//! current step, dropped files, and what is remembered between launches. Everything here is UI state;
+//! work happens in jobs and engine sessions.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use egui::{Key, RichText, Ui};
+use serde::{Deserialize, Serialize};
+
+use super::data_page::{self, DataPage, EvalChoice};
+use super::jobs::Job;
+use super::method_page::MethodPage;
+use super::model_page::ModelPage;
+use super::runs_page::{self, RunsPage};
+use super::train_page::{self, TrainPage};
+use super::widgets::{self, GOOD};
+use crate::engine::train::run::{sha256_file, timestamp, RunDir, RunSpec};
+use crate::engine::train::runs::{Curves, RunSummary};
+use crate::engine::train::TrainConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Page {
+    #[default]
+    Model,
+    Data,
+    Method,
+    Train,
+    Runs,
+}
+
+impl Page {
+    pub const ALL: [Page; 5] = [
+        Page::Model,
+        Page::Data,
+        Page::Method,
+        Page::Train,
+        Page::Runs,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Page::Model => "Model",
+            Page::Data => "Data",
+            Page::Method => "Method",
+            Page::Train => "Train",
+            Page::Runs => "Runs",
+        }
+    }
+}
+
+/// What Loft remembers between launches (eframe stores it with the window's size and position).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Remembered {
+    pub page: Page,
+    pub model: Option<String>,
+    pub data_files: Vec<PathBuf>,
+    pub train_file: usize,
+    pub eval: Option<EvalChoice>,
+    pub skip_error_rows: bool,
+    pub config: Option<TrainConfig>,
+}
+
+/// A run ready to start: its spec and folder, whether it resumes, and the curve it already has.
+type RunStart = (RunSpec, RunDir, bool, Curves);
+
+/// Where the app keeps runs; tests point it at a temporary folder.
+pub struct AppOptions {
+    pub runs_dir: PathBuf,
+}
+
+/// Frame timings, for the measurements the smoke check prints.
+#[derive(Default)]
+pub struct FrameStats {
+    pub started: Option<Instant>,
+    pub first_frame: Option<std::time::Duration>,
+    /// Seconds the UI thread spent on each frame (eframe's `cpu_usage`).
+    pub frame_seconds: Vec<f32>,
+}
+
+pub struct LoftApp {
+    pub page: Page,
+    pub model: ModelPage,
+    pub data: DataPage,
+    pub method: MethodPage,
+    pub train: TrainPage,
+    pub runs: RunsPage,
+    pub runs_dir: PathBuf,
+    device_job: Option<Job<String>>,
+    start_job: Option<Job<Result<RunStart, String>>>,
+    notice: Option<String>,
+    pub frames: FrameStats,
+}
+
+impl LoftApp {
+    pub fn new(
+        ctx: &egui::Context,
+        options: AppOptions,
+        remembered: Option<Remembered>,
+    ) -> LoftApp {
+        let mut app = LoftApp {
+            page: Page::Model,
+            model: ModelPage::default(),
+            data: DataPage::default(),
+            method: MethodPage::default(),
+            train: TrainPage::default(),
+            runs: RunsPage::default(),
+            runs_dir: options.runs_dir,
+            device_job: Some(Job::spawn(ctx, "device", |r| r.send(describe_device()))),
+            start_job: None,
+            notice: None,
+            frames: FrameStats {
+                started: Some(Instant::now()),
+                ..FrameStats::default()
+            },
+        };
+        if let Some(r) = remembered {
+            app.page = r.page;
+            if let Some(model) = r.model {
+                app.model.open(ctx, model);
+            }
+            for f in r.data_files {
+                app.data.add(f);
+            }
+            app.data.train = r.train_file.min(app.data.files.len().saturating_sub(1));
+            if let Some(eval) = r.eval {
+                app.data.eval = eval;
+            }
+            app.data.skip_error_rows = r.skip_error_rows;
+            if let Some(config) = r.config {
+                app.method.config = config;
+            }
+        }
+        app
+    }
+
+    pub fn remembered(&self) -> Remembered {
+        Remembered {
+            page: self.page,
+            model: self.model.spec().map(str::to_string),
+            data_files: self.data.files.iter().map(|f| f.path.clone()).collect(),
+            train_file: self.data.train,
+            eval: Some(self.data.eval),
+            skip_error_rows: self.data.skip_error_rows,
+            config: Some(self.method.config.clone()),
+        }
+    }
+
+    /// Files dropped on the window or given on the command line: datasets go to the Data step, a .gguf
+    /// file or a folder to the Model step.
+    pub fn open_paths(&mut self, ctx: &egui::Context, paths: Vec<PathBuf>) {
+        let mut unknown = Vec::new();
+        for path in paths {
+            if data_page::is_dataset(&path) {
+                self.data.add(path);
+                self.page = Page::Data;
+            } else if path.is_dir()
+                || path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            {
+                self.model.open(ctx, path.display().to_string());
+                self.page = Page::Model;
+            } else {
+                unknown.push(path.display().to_string());
+            }
+        }
+        self.notice = (!unknown.is_empty()).then(|| {
+            format!(
+                "Loft opens datasets (.json, .jsonl) and models (.gguf files or Hugging Face folders); it cannot use {}.",
+                unknown.join(", ")
+            )
+        });
+    }
+
+    fn poll(&mut self, ctx: &egui::Context) {
+        self.model.poll();
+        self.data.poll();
+        self.train.poll();
+        self.runs.poll();
+        if let Some(job) = &mut self.device_job {
+            if let Some(d) = job.poll().pop() {
+                self.method.device = Some(d);
+            }
+            if !job.is_running() {
+                self.device_job = None;
+            }
+        }
+        if let Some(job) = &mut self.start_job {
+            if let Some(outcome) = job.poll().pop() {
+                match outcome {
+                    Ok((spec, run, resume, history)) => {
+                        self.train.start(ctx, spec, run, resume, history);
+                        self.runs.runs = None;
+                    }
+                    Err(e) => self.notice = Some(e),
+                }
+            }
+            if !job.is_running() {
+                self.start_job = None;
+            }
+        }
+        // Datasets are checked with the opened model's tokenizer, at the chosen max_seq_len.
+        let model_files = self.model.info().map(|i| i.files.clone());
+        self.data
+            .refresh(ctx, model_files.as_ref(), self.method.config.max_seq_len);
+    }
+
+    /// Why training cannot start yet, or None.
+    pub fn blocker(&self) -> Option<String> {
+        if !self.model.is_done() {
+            return Some("open a model (step Model)".into());
+        }
+        if let Some(b) = self.data.blocker() {
+            return Some(format!("{b} (step Data)"));
+        }
+        if let Some(b) = self.method.blocker() {
+            return Some(format!("{b} (step Method)"));
+        }
+        if self.start_job.is_some() {
+            return Some("creating the run folder…".into());
+        }
+        None
+    }
+
+    pub fn start_run(&mut self, ctx: &egui::Context) {
+        let (Some(model), Some(train)) = (self.model.spec(), self.data.train_file()) else {
+            return;
+        };
+        let model = model.to_string();
+        let data = train.path.clone();
+        let eval_data = self.data.eval_file().map(|f| f.path.clone());
+        let eval_split = self.data.eval_fraction();
+        let skip_error_rows = self.data.skip_error_rows;
+        let config = self.method.config.clone();
+        let runs_dir = self.runs_dir.clone();
+        // Hashing the data and writing run.toml is file work: off the UI thread.
+        self.start_job = Some(Job::spawn(ctx, "create-run", move |r| {
+            let made = (|| -> crate::engine::error::Result<(RunSpec, RunDir)> {
+                let spec = RunSpec {
+                    name: run_name(&model),
+                    model,
+                    data_sha256: sha256_file(&data)?,
+                    data,
+                    eval_data_sha256: eval_data.as_deref().map(sha256_file).transpose()?,
+                    eval_data,
+                    eval_split,
+                    train_on_all_tokens: false,
+                    truncate_overlong: false,
+                    skip_error_rows,
+                    created: timestamp(),
+                    loft_version: env!("CARGO_PKG_VERSION").to_string(),
+                    train: config,
+                };
+                let run = RunDir::create(&runs_dir, &spec)?;
+                Ok((spec, run))
+            })();
+            r.send(
+                made.map(|(spec, run)| (spec, run, false, Curves::default()))
+                    .map_err(|e| format!("could not create the run folder: {e}")),
+            );
+        }));
+    }
+
+    fn resume_run(&mut self, ctx: &egui::Context, path: PathBuf) {
+        let history = self
+            .runs
+            .runs
+            .iter()
+            .flatten()
+            .find(|r| r.path == path)
+            .map(|r: &RunSummary| r.curves.clone())
+            .unwrap_or_default();
+        self.start_job = Some(Job::spawn(ctx, "open-run", move |r| {
+            r.send(
+                RunDir::open(&path)
+                    .map(|(run, spec)| (spec, run, true, history))
+                    .map_err(|e| format!("cannot resume {}: {e}", path.display())),
+            );
+        }));
+        self.page = Page::Train;
+    }
+
+    /// One frame of the whole window.
+    pub fn ui(&mut self, ui: &mut Ui) {
+        let ctx = ui.ctx().clone();
+        self.poll(&ctx);
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
+        if !dropped.is_empty() {
+            self.open_paths(&ctx, dropped);
+        }
+        self.shortcuts(&ctx);
+        egui::Panel::top("steps").show(ui, |ui| self.step_bar(ui));
+        egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
+        egui::CentralPanel::default_margins().show(ui, |ui| {
+            egui::ScrollArea::vertical()
+                .id_salt("page")
+                .show(ui, |ui| self.page_ui(ui));
+        });
+        drop_overlay(&ctx);
+    }
+
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        let keys = [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5];
+        for (key, page) in keys.into_iter().zip(Page::ALL) {
+            if ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, key)) {
+                self.page = page;
+            }
+        }
+    }
+
+    fn step_bar(&mut self, ui: &mut Ui) {
+        ui.add_space(4.0);
+        ui.horizontal(|ui| {
+            ui.label(RichText::new("Loft").heading().strong());
+            ui.add_space(12.0);
+            for (n, page) in Page::ALL.into_iter().enumerate() {
+                let (done, status) = self.step_state(page);
+                ui.vertical(|ui| {
+                    let text = if page == Page::Runs {
+                        page.title().to_string()
+                    } else {
+                        format!("{}. {}", n + 1, page.title())
+                    };
+                    let response = ui
+                        .selectable_label(self.page == page, RichText::new(text).size(16.0))
+                        .on_hover_text(format!("{} (Ctrl+{})", status, n + 1));
+                    if response.clicked() {
+                        self.page = page;
+                    }
+                    let color = if done {
+                        GOOD
+                    } else {
+                        ui.visuals().weak_text_color()
+                    };
+                    let status = if done {
+                        format!("done: {status}")
+                    } else {
+                        status
+                    };
+                    ui.label(RichText::new(truncate(&status, 38)).small().color(color));
+                });
+                if page == Page::Train {
+                    ui.separator();
+                } else if page != Page::Runs {
+                    ui.label(RichText::new(">").weak());
+                }
+            }
+        });
+        ui.add_space(2.0);
+    }
+
+    fn step_state(&self, page: Page) -> (bool, String) {
+        match page {
+            Page::Model => (self.model.is_done(), self.model.status()),
+            Page::Data => (self.data.blocker().is_none(), self.data.status()),
+            Page::Method => (self.method.blocker().is_none(), self.method.status()),
+            Page::Train => (
+                matches!(self.train.phase, train_page::Phase::Finished { .. }),
+                self.train.status(),
+            ),
+            Page::Runs => (false, "history".into()),
+        }
+    }
+
+    fn status_bar(&mut self, ui: &mut Ui) {
+        ui.horizontal(|ui| {
+            if let Some(n) = &self.notice {
+                ui.colored_label(widgets::WARN, n);
+                if ui.small_button("Dismiss").clicked() {
+                    self.notice = None;
+                }
+            } else if self.train.is_running() {
+                ui.label(format!("Training: {}", self.train.status()));
+            } else {
+                ui.label(
+                    RichText::new("Drop a dataset or a model anywhere on this window.").weak(),
+                );
+            }
+        });
+    }
+
+    fn page_ui(&mut self, ui: &mut Ui) {
+        let ctx = ui.ctx().clone();
+        match self.page {
+            Page::Model => self.model.ui(ui),
+            Page::Data => self.data.ui(ui, self.method.config.max_seq_len),
+            Page::Method => {
+                let arch = self.model.info().map(|i| i.arch.clone());
+                let total = self.model.info().map(|i| i.parameters);
+                self.method.ui(ui, arch.as_ref(), total);
+            }
+            Page::Train => {
+                if let train_page::Action::Start = self.train.ui(ui, self.blocker()) {
+                    self.start_run(&ctx);
+                }
+            }
+            Page::Runs => {
+                let running = self
+                    .train
+                    .is_running()
+                    .then(|| self.train.run_dir.clone())
+                    .flatten();
+                let runs_dir = self.runs_dir.clone();
+                if let runs_page::Action::Resume(path) =
+                    self.runs.ui(ui, &runs_dir, running.as_deref())
+                {
+                    self.resume_run(&ctx, path);
+                }
+            }
+        }
+        if let Some(next) = next_page(self.page) {
+            ui.add_space(12.0);
+            if ui.button(format!("Next step: {}", next.title())).clicked() {
+                self.page = next;
+            }
+        }
+    }
+}
+
+fn next_page(page: Page) -> Option<Page> {
+    match page {
+        Page::Model => Some(Page::Data),
+        Page::Data => Some(Page::Method),
+        Page::Method => Some(Page::Train),
+        Page::Train | Page::Runs => None,
+    }
+}
+
+/// A run's folder name from its model: "SmolLM2-135M-Instruct-lora".
+fn run_name(model: &str) -> String {
+    let stem = Path::new(model.trim_end_matches('/'))
+        .file_stem()
+        .map_or("run".into(), |s| s.to_string_lossy().into_owned());
+    format!("{stem}-lora")
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(max - 1).collect::<String>())
+    }
+}
+
+fn describe_device() -> String {
+    let (device, _) = crate::engine::device::best_device();
+    let base = crate::engine::device::describe(&device);
+    match (device.is_cuda(), crate::engine::device::gpu_summary()) {
+        (true, Some(gpu)) => format!("{base}: {gpu}"),
+        (false, Some(gpu)) => format!(
+            "{base} — an NVIDIA GPU ({gpu}) is present but this build of Loft has no CUDA support; build with --features cuda"
+        ),
+        (_, None) => base,
+    }
+}
+
+/// While files are dragged over the window, say what dropping them does.
+fn drop_overlay(ctx: &egui::Context) {
+    let hovering = ctx.input(|i| !i.raw.hovered_files.is_empty());
+    if !hovering {
+        return;
+    }
+    let painter = ctx.layer_painter(egui::LayerId::new(
+        egui::Order::Foreground,
+        egui::Id::unique("drop"),
+    ));
+    let rect = ctx.content_rect();
+    painter.rect_filled(rect, 0.0, egui::Color32::from_black_alpha(160));
+    painter.text(
+        rect.center(),
+        egui::Align2::CENTER_CENTER,
+        "Drop datasets (.json, .jsonl) or a model (.gguf, folder)",
+        egui::FontId::proportional(22.0),
+        egui::Color32::WHITE,
+    );
+}

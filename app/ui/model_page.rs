@@ -1,0 +1,504 @@
+//! Step 1, the model: open a folder or a .gguf (dialog or drop), pick one from the Hugging Face cache, or
+//! download one by repo id; see what it is and whether this machine can train it; try it with a prompt.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use egui::{RichText, Ui};
+
+use super::jobs::Job;
+use super::widgets::{self, BAD, GOOD, WARN};
+use crate::engine::cache::{self, CachedModel};
+use crate::engine::chat::TemplateOrigin;
+use crate::engine::device::{self, Fit};
+use crate::engine::generate::Sampling;
+use crate::engine::hub::{DownloadEvent, HubOptions};
+use crate::engine::model::LoadOptions;
+use crate::engine::source::{self, LoadedModel, ModelInfo, ModelSource, Resolve};
+
+enum OpenReport {
+    Download(DownloadEvent),
+    Opened(Box<ModelInfo>),
+    Failed(String),
+}
+
+enum ChatReport {
+    Loaded(Arc<LoadedModel>),
+    Text(String),
+    Done(String),
+    Failed(String),
+}
+
+/// Download progress as the bar shows it.
+#[derive(Default)]
+struct Download {
+    total: Option<u64>,
+    /// Bytes of finished files plus the current file's bytes.
+    done: u64,
+    finished_files: u64,
+    file: String,
+    started: Option<Instant>,
+}
+
+impl Download {
+    fn apply(&mut self, event: &DownloadEvent) {
+        match event {
+            DownloadEvent::Started { total_bytes, .. } => {
+                self.total = *total_bytes;
+                self.started = Some(Instant::now());
+            }
+            DownloadEvent::File { name, .. } => self.file = name.clone(),
+            DownloadEvent::Bytes { done, total, .. } => {
+                self.done = self.finished_files + done;
+                if self.total.is_none() {
+                    self.total = Some(*total);
+                }
+            }
+            DownloadEvent::FileDone { .. } => self.finished_files = self.done,
+            DownloadEvent::Listing { .. } | DownloadEvent::Finished { .. } => {}
+        }
+    }
+
+    fn speed(&self) -> f64 {
+        let secs = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        self.done as f64 / secs.max(1e-3)
+    }
+}
+
+#[derive(Default)]
+pub struct ModelPage {
+    /// What the user typed or picked: a folder, a .gguf path or a repo id.
+    pub source: String,
+    /// The model that was opened, and the text that opened it (what run.toml records).
+    pub opened: Option<(String, Box<ModelInfo>)>,
+    error: Option<String>,
+    open_job: Option<Job<OpenReport>>,
+    opening: Option<String>,
+    download: Option<Download>,
+    cache: Option<Result<Vec<CachedModel>, String>>,
+    cache_job: Option<Job<Result<Vec<CachedModel>, String>>>,
+    dialog: Option<Job<Option<PathBuf>>>,
+    // "Try it"
+    prompt: String,
+    reply: String,
+    reply_stats: String,
+    loaded: Option<Arc<LoadedModel>>,
+    chat_job: Option<Job<ChatReport>>,
+}
+
+impl ModelPage {
+    pub fn is_done(&self) -> bool {
+        self.opened.is_some()
+    }
+
+    pub fn status(&self) -> String {
+        match (&self.opened, &self.opening) {
+            (_, Some(s)) => format!("opening {s}…"),
+            (Some((_, info)), None) => format!(
+                "{} · {}",
+                info.arch.model_type,
+                widgets::count(info.parameters)
+            ),
+            (None, None) => "choose a model".into(),
+        }
+    }
+
+    pub fn info(&self) -> Option<&ModelInfo> {
+        self.opened.as_ref().map(|(_, i)| i.as_ref())
+    }
+
+    /// The text that names the opened model (a path or a repo id).
+    pub fn spec(&self) -> Option<&str> {
+        self.opened.as_ref().map(|(s, _)| s.as_str())
+    }
+
+    /// Open a folder, a .gguf file or a repo id (downloading it when it is not cached).
+    pub fn open(&mut self, ctx: &egui::Context, spec: String) {
+        self.source = spec.clone();
+        self.error = None;
+        self.download = None;
+        self.loaded = None;
+        self.reply.clear();
+        self.opening = Some(spec.clone());
+        self.open_job = Some(Job::spawn(ctx, "open-model", move |r| {
+            let outcome = (|| -> crate::engine::error::Result<ModelInfo> {
+                let source = ModelSource::parse(&spec)?;
+                let mut on_download = |e| r.send(OpenReport::Download(e));
+                let mut how = Resolve {
+                    hub: HubOptions::default(),
+                    offline: false,
+                    on_download: &mut on_download,
+                    cancel: r.cancel_flag(),
+                };
+                let files = source::resolve(&source, &mut how)?;
+                source::inspect(&files)
+            })();
+            r.send(match outcome {
+                Ok(info) => OpenReport::Opened(Box::new(info)),
+                Err(e) => OpenReport::Failed(e.to_string()),
+            });
+        }));
+    }
+
+    pub fn poll(&mut self) {
+        if let Some(job) = &mut self.open_job {
+            for report in job.poll() {
+                match report {
+                    OpenReport::Download(e) => self.download.get_or_insert_default().apply(&e),
+                    OpenReport::Opened(info) => {
+                        let spec = self.opening.take().unwrap_or_default();
+                        self.opened = Some((spec, info));
+                        self.download = None;
+                    }
+                    OpenReport::Failed(message) => {
+                        self.error = Some(message);
+                        self.opening = None;
+                        self.download = None;
+                    }
+                }
+            }
+            if !job.is_running() {
+                self.open_job = None;
+                self.opening = None;
+            }
+        }
+        if let Some(job) = &mut self.cache_job {
+            if let Some(list) = job.poll().pop() {
+                self.cache = Some(list);
+            }
+            if !job.is_running() {
+                self.cache_job = None;
+            }
+        }
+        if let Some(job) = &mut self.chat_job {
+            for report in job.poll() {
+                match report {
+                    ChatReport::Loaded(model) => self.loaded = Some(model),
+                    ChatReport::Text(t) => self.reply.push_str(&t),
+                    ChatReport::Done(stats) => self.reply_stats = stats,
+                    ChatReport::Failed(e) => self.reply_stats = format!("failed: {e}"),
+                }
+            }
+            if !job.is_running() {
+                self.chat_job = None;
+            }
+        }
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.open_job.is_some() || self.chat_job.is_some()
+    }
+
+    pub fn ui(&mut self, ui: &mut Ui) {
+        let ctx = ui.ctx().clone();
+        if let Some(job) = &mut self.dialog {
+            let picked = job.poll().pop().flatten();
+            if !job.is_running() {
+                self.dialog = None;
+            }
+            if let Some(path) = picked {
+                self.open(&ctx, path.display().to_string());
+            }
+        }
+        widgets::heading(
+            ui,
+            "Model",
+            "The model you start from. Open a Hugging Face folder or a .gguf file (or drop it on the window), pick one you already downloaded, or type a repo id.",
+        );
+        ui.horizontal(|ui| {
+            if ui.button("Open folder…").clicked() {
+                self.dialog = Some(super::dialogs::pick_folder(&ctx, "Open a model folder"));
+            }
+            if ui.button("Open .gguf file…").clicked() {
+                self.dialog = Some(super::dialogs::pick_file(
+                    &ctx,
+                    "Open a GGUF model",
+                    "GGUF model",
+                    &["gguf"],
+                ));
+            }
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("Folder, .gguf or repo id");
+            let edit = ui
+                .add(
+                    egui::TextEdit::singleline(&mut self.source)
+                        .hint_text("HuggingFaceTB/SmolLM2-135M-Instruct")
+                        .desired_width(360.0),
+                )
+                .labelled_by(label.id);
+            let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            let busy = self.open_job.is_some();
+            if (ui
+                .add_enabled(
+                    !busy && !self.source.trim().is_empty(),
+                    egui::Button::new("Open"),
+                )
+                .clicked()
+                || enter)
+                && !busy
+            {
+                let spec = self.source.trim().to_string();
+                self.open(&ctx, spec);
+            }
+        });
+        self.progress_ui(ui);
+        if let Some(e) = &self.error {
+            widgets::problem(
+                ui,
+                e,
+                "Check the path or the repo id. A folder needs config.json, *.safetensors and tokenizer.json; a single .gguf file works too.",
+            );
+        }
+        ui.separator();
+        self.cache_ui(ui, &ctx);
+        if self.opened.is_some() {
+            ui.separator();
+            self.info_ui(ui);
+            ui.separator();
+            self.try_it_ui(ui, &ctx);
+        }
+    }
+
+    fn progress_ui(&mut self, ui: &mut Ui) {
+        let Some(opening) = &self.opening else {
+            return;
+        };
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(format!("Opening {opening}…"));
+            if ui.button("Cancel").clicked() {
+                if let Some(job) = &self.open_job {
+                    job.cancel();
+                }
+            }
+        });
+        if let Some(d) = &self.download {
+            let speed = d.speed();
+            let (fraction, left) = match d.total {
+                Some(t) if t > 0 => (
+                    d.done as f32 / t as f32,
+                    Some(t.saturating_sub(d.done) as f64 / speed.max(1.0)),
+                ),
+                _ => (0.0, None),
+            };
+            let eta = left.map_or(String::new(), |s| {
+                format!(
+                    " · {} left",
+                    widgets::duration(std::time::Duration::from_secs_f64(s))
+                )
+            });
+            ui.add(egui::ProgressBar::new(fraction).text(format!(
+                "{} {} of {} · {}/s{eta}",
+                d.file,
+                widgets::bytes(d.done),
+                d.total.map_or("?".into(), widgets::bytes),
+                widgets::bytes(speed as u64),
+            )));
+        }
+    }
+
+    fn cache_ui(&mut self, ui: &mut Ui, ctx: &egui::Context) {
+        egui::CollapsingHeader::new("Models already downloaded (Hugging Face cache)")
+            .default_open(false)
+            .show(ui, |ui| {
+                if self.cache.is_none() && self.cache_job.is_none() {
+                    let dir = cache::hub_cache_dir();
+                    self.cache_job = Some(Job::spawn(ctx, "hf-cache", move |r| {
+                        r.send(cache::list_cached_models(&dir).map_err(|e| e.to_string()));
+                    }));
+                }
+                match &self.cache {
+                    None => {
+                        ui.spinner();
+                    }
+                    Some(Err(e)) => {
+                        ui.colored_label(WARN, e);
+                    }
+                    Some(Ok(list)) if list.is_empty() => {
+                        ui.label(format!(
+                            "No models in {}. Type a repo id above to download one.",
+                            cache::hub_cache_dir().display()
+                        ));
+                    }
+                    Some(Ok(list)) => {
+                        let mut pick = None;
+                        egui::Grid::new("hf-cache").striped(true).show(ui, |ui| {
+                            for m in list {
+                                if ui.button(&m.repo_id).clicked() {
+                                    pick = Some(m.repo_id.clone());
+                                }
+                                ui.label(m.model_type.clone().unwrap_or_else(|| "?".into()));
+                                ui.label(widgets::bytes(m.size_bytes));
+                                ui.end_row();
+                            }
+                        });
+                        if let Some(repo) = pick {
+                            self.open(ctx, repo);
+                        }
+                    }
+                }
+                if ui.button("Refresh").clicked() {
+                    self.cache = None;
+                }
+            });
+    }
+
+    fn info_ui(&self, ui: &mut Ui) {
+        let Some((spec, info)) = &self.opened else {
+            return;
+        };
+        ui.label(RichText::new(format!("Opened: {spec}")).strong());
+        egui::Grid::new("model-info").num_columns(2).show(ui, |ui| {
+            ui.label("Architecture");
+            ui.label(format!("{} ({:?})", info.arch.model_type, info.arch.family));
+            ui.end_row();
+            ui.label("Parameters");
+            ui.label(format!(
+                "{} ({} layers, hidden size {})",
+                widgets::count(info.parameters),
+                info.arch.num_layers,
+                info.arch.hidden_size
+            ));
+            ui.end_row();
+            ui.label("Context length");
+            ui.label(format!("{} tokens", info.context_length));
+            ui.end_row();
+            ui.label("Chat template");
+            ui.label(match &info.chat_template {
+                TemplateOrigin::Fallback => {
+                    "none in the model: Loft uses ChatML (fine for training; the model learns it)"
+                        .to_string()
+                }
+                other => format!("{other:?}"),
+            });
+            ui.end_row();
+            ui.label("Stored as");
+            ui.label(info.dtype.clone().unwrap_or_else(|| "?".into()));
+            ui.end_row();
+        });
+        let (text, color) = fit_hint(info.parameters);
+        ui.colored_label(color, text);
+    }
+
+    fn try_it_ui(&mut self, ui: &mut Ui, ctx: &egui::Context) {
+        ui.label(RichText::new("Try it").strong());
+        ui.label(
+            RichText::new("Ask the base model one question to see where training starts from.")
+                .weak(),
+        );
+        ui.horizontal(|ui| {
+            let label = ui.label("Prompt");
+            ui.add(
+                egui::TextEdit::singleline(&mut self.prompt)
+                    .hint_text("How long does shipping take?")
+                    .desired_width(360.0),
+            )
+            .labelled_by(label.id);
+            let running = self.chat_job.is_some();
+            if running {
+                if ui.button("Stop").clicked() {
+                    if let Some(job) = &self.chat_job {
+                        job.cancel();
+                    }
+                }
+            } else if ui
+                .add_enabled(!self.prompt.trim().is_empty(), egui::Button::new("Send"))
+                .clicked()
+            {
+                self.send_prompt(ctx);
+            }
+        });
+        if self.chat_job.is_some() && self.reply.is_empty() {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(if self.loaded.is_none() {
+                    "loading the model…"
+                } else {
+                    "thinking…"
+                });
+            });
+        }
+        if !self.reply.is_empty() {
+            egui::Frame::group(ui.style()).show(ui, |ui| {
+                ui.label(&self.reply);
+            });
+        }
+        if !self.reply_stats.is_empty() {
+            ui.label(RichText::new(&self.reply_stats).weak());
+        }
+    }
+
+    fn send_prompt(&mut self, ctx: &egui::Context) {
+        let Some(info) = self.info() else {
+            return;
+        };
+        let files = info.files.clone();
+        let loaded = self.loaded.clone();
+        let prompt = self.prompt.trim().to_string();
+        self.reply.clear();
+        self.reply_stats.clear();
+        self.chat_job = Some(Job::spawn(ctx, "try-it", move |r| {
+            let model = match loaded {
+                Some(m) => m,
+                None => {
+                    let (device, dtype) = device::best_device();
+                    match source::load(&files, &LoadOptions { device, dtype }) {
+                        Ok(m) => {
+                            let m = Arc::new(m);
+                            r.send(ChatReport::Loaded(m.clone()));
+                            m
+                        }
+                        Err(e) => return r.send(ChatReport::Failed(e.to_string())),
+                    }
+                }
+            };
+            let sampling = Sampling {
+                max_new_tokens: 200,
+                ..Sampling::default()
+            };
+            let outcome = model.prompt_ids(None, &prompt, false).and_then(|ids| {
+                model.answer(&ids, &sampling, r.cancel_flag(), &mut |t| {
+                    r.send(ChatReport::Text(t.to_string()))
+                })
+            });
+            r.send(match outcome {
+                Ok(g) => ChatReport::Done(format!(
+                    "{} tokens at {:.1} tokens/s (greedy)",
+                    g.tokens.len(),
+                    g.tokens_per_second()
+                )),
+                Err(e) => ChatReport::Failed(e.to_string()),
+            });
+        }));
+    }
+}
+
+/// "Can this machine train it", in one line, with the colour of the answer.
+fn fit_hint(parameters: u64) -> (String, egui::Color32) {
+    let Some(memory) = device::system_memory() else {
+        return (
+            "Memory of this machine unknown: cannot judge whether it fits.".into(),
+            WARN,
+        );
+    };
+    // On CPU weights are f32; the GPU path (bf16) needs half, which this rough hint leaves out.
+    let (fit, needed) = device::lora_fit(parameters, 4, memory);
+    let about = format!(
+        "LoRA training needs roughly {} here; this machine has {}",
+        widgets::bytes(needed),
+        widgets::bytes(memory)
+    );
+    match fit {
+        Fit::Comfortable => (format!("{about}: fits comfortably."), GOOD),
+        Fit::Tight => (
+            format!("{about}: tight. Use a small batch and gradient checkpointing."),
+            WARN,
+        ),
+        Fit::TooBig => (
+            format!("{about}: too big. Choose a smaller model (or QLoRA, coming to Loft)."),
+            BAD,
+        ),
+    }
+}

@@ -1,0 +1,300 @@
+//! The run history: every run folder with its status, date, model, data and final losses. Open one to
+//! see its curves, resume an interrupted one, open its folder, or save a finished run's adapter.
+
+use std::path::{Path, PathBuf};
+
+use egui::{RichText, Ui};
+
+use super::jobs::Job;
+use super::widgets::{self, BAD, GOOD, WARN};
+use crate::engine::train::runs::{list_runs, RunStatus, RunSummary};
+
+/// What the page asks of the app.
+pub enum Action {
+    None,
+    Resume(PathBuf),
+}
+
+#[derive(Default)]
+pub struct RunsPage {
+    pub runs: Option<Vec<RunSummary>>,
+    list_job: Option<Job<Vec<RunSummary>>>,
+    pub selected: Option<PathBuf>,
+    save_job: Option<Job<Result<PathBuf, String>>>,
+    message: Option<(bool, String)>,
+}
+
+impl RunsPage {
+    /// Read the runs folder again (in the background).
+    pub fn reload(&mut self, ctx: &egui::Context, runs_dir: &Path) {
+        let dir = runs_dir.to_path_buf();
+        self.list_job = Some(Job::spawn(ctx, "list-runs", move |r| {
+            r.send(list_runs(&dir))
+        }));
+    }
+
+    pub fn poll(&mut self) {
+        if let Some(job) = &mut self.list_job {
+            if let Some(runs) = job.poll().pop() {
+                self.runs = Some(runs);
+            }
+            if !job.is_running() {
+                self.list_job = None;
+            }
+        }
+        if let Some(job) = &mut self.save_job {
+            if let Some(outcome) = job.poll().pop() {
+                self.message = Some(match outcome {
+                    Ok(p) => (true, format!("Adapter saved to {}", p.display())),
+                    Err(e) => (false, e),
+                });
+            }
+            if !job.is_running() {
+                self.save_job = None;
+            }
+        }
+    }
+
+    pub fn ui(&mut self, ui: &mut Ui, runs_dir: &Path, running: Option<&Path>) -> Action {
+        let ctx = ui.ctx().clone();
+        let mut action = Action::None;
+        widgets::heading(
+            ui,
+            "Runs",
+            "Every training run, newest first. Each folder holds its settings (run.toml), its metrics and its adapter.",
+        );
+        ui.horizontal(|ui| {
+            ui.label(RichText::new(format!("Folder: {}", runs_dir.display())).weak());
+            if ui.button("Refresh").clicked() || (self.runs.is_none() && self.list_job.is_none()) {
+                self.reload(&ctx, runs_dir);
+            }
+        });
+        if let Some((ok, m)) = &self.message {
+            ui.colored_label(if *ok { GOOD } else { BAD }, m);
+        }
+        let Some(runs) = &self.runs else {
+            ui.spinner();
+            return action;
+        };
+        if runs.is_empty() {
+            ui.label("No runs yet. Start one on the Train step.");
+            return action;
+        }
+        egui::ScrollArea::vertical()
+            .id_salt("runs-table")
+            .max_height(260.0)
+            .show(ui, |ui| {
+                egui::Grid::new("runs")
+                    .striped(true)
+                    .num_columns(6)
+                    .show(ui, |ui| {
+                        for h in ["Run", "Status", "Model", "Data", "Loss", "Eval loss"] {
+                            ui.label(RichText::new(h).strong());
+                        }
+                        ui.end_row();
+                        for run in runs {
+                            let selected = self.selected.as_deref() == Some(run.path.as_path());
+                            if ui.selectable_label(selected, run.name()).clicked() {
+                                self.selected = Some(run.path.clone());
+                            }
+                            let live = running == Some(run.path.as_path());
+                            let (status, color) = if live {
+                                ("running".to_string(), GOOD)
+                            } else {
+                                status_text(&run.status)
+                            };
+                            ui.colored_label(color, status);
+                            match &run.spec {
+                                Ok(spec) => {
+                                    ui.label(short(&spec.model));
+                                    ui.label(short(&spec.data.display().to_string()));
+                                }
+                                Err(e) => {
+                                    ui.colored_label(BAD, "run.toml unreadable")
+                                        .on_hover_text(e);
+                                    ui.label("");
+                                }
+                            }
+                            ui.label(
+                                run.curves
+                                    .last_loss()
+                                    .map_or("–".into(), |l| format!("{l:.4}")),
+                            );
+                            ui.label(
+                                run.curves
+                                    .last_eval_loss()
+                                    .map_or("–".into(), |l| format!("{l:.4}")),
+                            );
+                            ui.end_row();
+                        }
+                    });
+            });
+        let Some(run) = self
+            .selected
+            .as_ref()
+            .and_then(|p| runs.iter().find(|r| &r.path == p))
+        else {
+            return action;
+        };
+        ui.separator();
+        ui.label(RichText::new(run.name()).strong());
+        if let Ok(spec) = &run.spec {
+            ui.label(format!(
+                "{} · data {} · r={} alpha={} · lr {:.1e} · created {}",
+                spec.model,
+                spec.data.display(),
+                spec.train.lora.r,
+                spec.train.lora.alpha,
+                spec.train.lr,
+                spec.created
+            ));
+        }
+        let busy = running.is_some();
+        ui.horizontal(|ui| {
+            if let RunStatus::Interrupted { .. } = run.status {
+                if ui
+                    .add_enabled(!busy, egui::Button::new("Resume"))
+                    .on_disabled_hover_text("Another run is training")
+                    .clicked()
+                {
+                    action = Action::Resume(run.path.clone());
+                }
+            }
+            if ui.button("Open folder").clicked() {
+                if let Err(e) = open_folder(&run.path) {
+                    self.message = Some((false, e));
+                }
+            }
+            if run.status == RunStatus::Finished && ui.button("Save adapter…").clicked() {
+                let from = run.path.join("adapter");
+                let name = run.name();
+                self.save_job = Some(Job::spawn(&ctx, "save-adapter", move |r| {
+                    let picked = pollster::block_on(
+                        rfd::AsyncFileDialog::new()
+                            .set_title("Save the adapter into…")
+                            .pick_folder(),
+                    );
+                    if let Some(dest) = picked {
+                        r.send(save_adapter(
+                            &from,
+                            &dest.path().join(format!("{name}-adapter")),
+                        ));
+                    }
+                }));
+            }
+        });
+        widgets::curves(
+            ui,
+            "run-loss",
+            200.0,
+            &[
+                ("training loss", &run.curves.loss),
+                ("eval loss", &run.curves.eval_loss),
+            ],
+        );
+        action
+    }
+}
+
+fn status_text(status: &RunStatus) -> (String, egui::Color32) {
+    let color = match status {
+        RunStatus::Finished => GOOD,
+        RunStatus::Interrupted { .. } => WARN,
+        RunStatus::NoCheckpoint => BAD,
+    };
+    (status.label(), color)
+}
+
+fn short(text: &str) -> String {
+    let name = Path::new(text)
+        .file_name()
+        .map_or(text.to_string(), |n| n.to_string_lossy().into_owned());
+    if name.chars().count() > 40 {
+        format!(
+            "…{}",
+            name.chars()
+                .rev()
+                .take(39)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<String>()
+        )
+    } else {
+        name
+    }
+}
+
+/// Copy an adapter folder to `dest` (which must not exist yet): into a hidden sibling first, then one
+/// rename, so `dest` is complete or absent.
+pub fn save_adapter(from: &Path, dest: &Path) -> Result<PathBuf, String> {
+    if dest.exists() {
+        return Err(format!(
+            "{} already exists; choose another folder",
+            dest.display()
+        ));
+    }
+    let parent = dest
+        .parent()
+        .ok_or_else(|| format!("{} has no parent folder", dest.display()))?;
+    let partial = parent.join(format!(
+        ".{}.partial",
+        dest.file_name()
+            .map_or("adapter".into(), |n| n.to_string_lossy().into_owned())
+    ));
+    let _ = std::fs::remove_dir_all(&partial);
+    let copy = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&partial)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::copy(entry.path(), partial.join(entry.file_name()))?;
+            }
+        }
+        std::fs::rename(&partial, dest)
+    };
+    copy().map_err(|e| {
+        let _ = std::fs::remove_dir_all(&partial);
+        format!("could not save the adapter to {}: {e}", dest.display())
+    })?;
+    Ok(dest.to_path_buf())
+}
+
+/// Show a folder in the system's file manager.
+fn open_folder(path: &Path) -> Result<(), String> {
+    let program = if cfg!(target_os = "macos") {
+        "open"
+    } else if cfg!(windows) {
+        "explorer"
+    } else {
+        "xdg-open"
+    };
+    std::process::Command::new(program)
+        .arg(path)
+        .spawn()
+        .map(|_| ())
+        .map_err(|e| format!("could not open {} with {program}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saving_an_adapter_copies_it_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("adapter");
+        std::fs::create_dir(&from).unwrap();
+        std::fs::write(from.join("adapter_config.json"), "{}").unwrap();
+        let dest = dir.path().join("saved");
+        save_adapter(&from, &dest).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dest.join("adapter_config.json")).unwrap(),
+            "{}"
+        );
+        let again = save_adapter(&from, &dest).unwrap_err();
+        assert!(again.contains("already exists"), "{again}");
+        assert!(save_adapter(&dir.path().join("missing"), &dir.path().join("x")).is_err());
+        assert!(!dir.path().join("x").exists());
+    }
+}

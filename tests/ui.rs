@@ -1,0 +1,256 @@
+//! The app's UI, driven through egui_kittest against the real app state: widgets are found by their
+//! accessibility labels (as a screen reader finds them), files are dropped as the window system drops
+//! them, and every model, dataset and training run is real (the tiny chat model of tests/fixtures).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui_kittest::kittest::{NodeT, Queryable};
+use egui_kittest::Harness;
+use loft::ui::{AppOptions, LoftApp, Page, Phase};
+
+/// A file dropped on the window.
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn sample_chat() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples/support-chat.jsonl")
+}
+
+fn tiny_chat_model() -> PathBuf {
+    support::fixtures().join("tiny-chat")
+}
+
+fn app(runs: &Path) -> Harness<'static, LoftApp> {
+    let app = LoftApp::new(
+        &egui::Context::default(),
+        AppOptions {
+            runs_dir: runs.to_path_buf(),
+        },
+        None,
+    );
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 1000.0))
+        .build_ui_state(|ui, app: &mut LoftApp| app.ui(ui), app)
+}
+
+fn drop_files(h: &mut Harness<'static, LoftApp>, paths: &[PathBuf]) {
+    for p in paths {
+        h.input_mut()
+            .dropped_files
+            .push(std::sync::Arc::new(Dropped(p.clone())));
+    }
+    h.step();
+}
+
+/// Step frames until `done` holds; background work arrives between frames.
+fn wait_for(
+    h: &mut Harness<'static, LoftApp>,
+    what: &str,
+    done: impl Fn(&Harness<'static, LoftApp>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !done(h) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+        h.step();
+    }
+}
+
+fn has(h: &Harness<'static, LoftApp>, text: &str) -> bool {
+    h.query_all_by_label_contains(text).next().is_some()
+}
+
+/// The text of the one widget whose label contains `part`.
+fn text(h: &Harness<'static, LoftApp>, part: &str) -> String {
+    let node = h.get_by_label_contains(part).accesskit_node();
+    node.label().or_else(|| node.value()).unwrap_or_default()
+}
+
+fn click(h: &mut Harness<'static, LoftApp>, label: &str) {
+    h.get_by_label(label).click();
+    h.step();
+    h.step();
+}
+
+/// Click the first of several widgets with this label (a run's name is in the table and in its details).
+fn click_first(h: &mut Harness<'static, LoftApp>, label: &str) {
+    h.get_all_by_label(label).next().expect(label).click();
+    h.step();
+    h.step();
+}
+
+#[test]
+fn a_dropped_dataset_is_validated_with_a_histogram_and_a_preview() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[sample_chat()]);
+    assert_eq!(h.state().page, Page::Data);
+    wait_for(&mut h, "the validation summary", |h| {
+        has(h, "Validation: ready")
+    });
+    assert!(has(&h, "105 read · 105 usable"));
+    // Without a model, lengths are in characters and there is nothing to preview yet.
+    assert!(has(&h, "Length of each example (characters)"));
+    assert!(has(&h, "Open a model to count tokens"));
+
+    // Dropping the model re-checks the data with its tokenizer: token lengths and the preview.
+    drop_files(&mut h, &[tiny_chat_model()]);
+    assert_eq!(h.state().page, Page::Model);
+    wait_for(&mut h, "the model", |h| has(h, "Opened:"));
+    assert!(has(&h, "Context length"));
+    click(&mut h, "2. Data");
+    wait_for(&mut h, "token counts", |h| {
+        has(h, "Length of each example (tokens)")
+    });
+    assert!(has(&h, "Tokens per example"));
+    assert!(has(&h, "Preview: what the model learns"));
+}
+
+#[test]
+fn rows_with_errors_are_listed_and_shown_and_other_files_are_refused() {
+    let runs = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("broken.jsonl");
+    let good = r#"{"instruction": "Say hi", "output": "Hi!"}"#;
+    std::fs::write(
+        &data,
+        format!("{good}\n{{\"instruction\": \"Say bye\"}}\n{good} x\n"),
+    )
+    .unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[data, dir.path().join("notes.txt")]);
+    assert!(
+        has(&h, "it cannot use"),
+        "a .txt file is refused with a message"
+    );
+    wait_for(&mut h, "the report", |h| {
+        has(h, "Validation: has errors to fix")
+    });
+    let error = text(&h, "line 2");
+    assert!(
+        error.contains("output"),
+        "the error names the missing field: {error}"
+    );
+    h.get_by_label_contains("line 2").click();
+    h.step();
+    h.step();
+    assert!(has(&h, "Say bye"), "clicking an error shows the row");
+    // Training stays blocked until the user chooses to skip the rows.
+    assert!(h.state().data.blocker().is_some());
+    click(&mut h, "Train without the rows that have errors");
+    assert!(h.state().data.blocker().is_none());
+}
+
+#[test]
+fn lora_settings_change_the_trainable_parameter_count() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model()]);
+    wait_for(&mut h, "the model", |h| has(h, "Opened:"));
+    click(&mut h, "3. Method");
+    let before = text(&h, "Trainable parameters");
+    click(&mut h, "Attention (q_proj, v_proj)");
+    let attention = h.state().method.config.lora.targets.clone();
+    assert_eq!(attention, ["q_proj", "v_proj"]);
+    h.get_by_label("Rank (r)").set_value_accesskit(4.0);
+    h.step();
+    h.step();
+    assert_eq!(h.state().method.config.lora.r, 4);
+    let after = text(&h, "Trainable parameters");
+    assert_ne!(before, after);
+    // 2 layers × (q: 64→64, v: 64→32) × r=4 = 2 × 4 × (128 + 96).
+    assert!(after.contains("Trainable parameters: 1,792 "), "{after}");
+}
+
+#[test]
+fn training_runs_live_pauses_resumes_cancels_and_resumes_from_the_runs_view() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    click(&mut h, "3. Method");
+    click(&mut h, "steps");
+    h.get_by_label("Max steps").set_value_accesskit(400.0);
+    h.get_by_label("Batch size").set_value_accesskit(2.0);
+    h.get_by_label("Gradient accumulation")
+        .set_value_accesskit(1.0);
+    h.step();
+    assert_eq!(h.state().method.config.max_steps, Some(400));
+
+    click(&mut h, "4. Train");
+    click(&mut h, "Start training");
+    wait_for(&mut h, "steps", |h| h.state().train.curves.loss.len() >= 3);
+    assert!(has(&h, "step "), "the progress bar counts steps");
+    let seen = h.state().train.curves.loss.len();
+    wait_for(&mut h, "the plot to grow", |h| {
+        h.state().train.curves.loss.len() > seen
+    });
+
+    click(&mut h, "Pause");
+    wait_for(&mut h, "the pause", |h| {
+        h.state().train.phase == Phase::Paused
+    });
+    let paused_at = h.state().train.curves.loss.len();
+    std::thread::sleep(Duration::from_millis(400));
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(
+        h.state().train.curves.loss.len(),
+        paused_at,
+        "no steps while paused"
+    );
+    click(&mut h, "Resume");
+    wait_for(&mut h, "steps after resuming", |h| {
+        h.state().train.curves.loss.len() > paused_at + 2
+    });
+
+    click(&mut h, "Cancel");
+    wait_for(&mut h, "the cancel", |h| {
+        matches!(h.state().train.phase, Phase::Cancelled { .. })
+    });
+    let Phase::Cancelled { step } = h.state().train.phase.clone() else {
+        unreachable!()
+    };
+    assert!(step < 400);
+    assert!(has(&h, "Resume it from the Runs view"));
+
+    click(&mut h, "Runs");
+    wait_for(&mut h, "the run list", |h| has(h, "interrupted"));
+    let run = h.state().train.run_dir.clone().unwrap();
+    let name = run.file_name().unwrap().to_string_lossy().into_owned();
+    click_first(&mut h, &name);
+    click(&mut h, "Resume");
+    assert_eq!(h.state().page, Page::Train);
+    wait_for(&mut h, "the resumed run to finish", |h| {
+        matches!(h.state().train.phase, Phase::Finished { .. })
+    });
+    let curve = &h.state().train.curves.loss;
+    assert_eq!(curve.last().unwrap()[0], 400.0);
+    assert!(
+        curve.windows(2).all(|w| w[1][0] == w[0][0] + 1.0),
+        "one continuous curve across the resume"
+    );
+    assert!(run.join("adapter/adapter_model.safetensors").is_file());
+
+    click(&mut h, "Runs");
+    click(&mut h, "Refresh");
+    wait_for(&mut h, "the finished run", |h| {
+        h.query_by_label("finished").is_some()
+    });
+    click_first(&mut h, &name);
+    assert!(has(&h, "Save adapter…"));
+}
