@@ -191,6 +191,22 @@ fn training_runs_live_pauses_resumes_cancels_and_resumes_from_the_runs_view() {
     assert_eq!(h.state().method.config.max_steps, Some(400));
 
     click(&mut h, "4. Train");
+    h.get_by_label("Copy CLI command").click();
+    h.step();
+    let copied: Vec<String> = h
+        .output()
+        .platform_output
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            egui::OutputCommand::CopyText(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        copied.iter().any(|t| t.starts_with("loft train --model ") && t.contains("--max-steps 400")),
+        "{copied:?}"
+    );
     click(&mut h, "Start training");
     wait_for(&mut h, "steps", |h| h.state().train.curves.loss.len() >= 3);
     assert!(has(&h, "step "), "the progress bar counts steps");
@@ -253,4 +269,55 @@ fn training_runs_live_pauses_resumes_cancels_and_resumes_from_the_runs_view() {
     });
     click_first(&mut h, &name);
     assert!(has(&h, "Save adapter…"));
+}
+
+#[test]
+fn try_it_streams_an_answer_from_the_base_model() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model()]);
+    wait_for(&mut h, "the model", |h| has(h, "Opened:"));
+    h.get_by_label("Prompt").click();
+    h.step();
+    h.get_by_label("Prompt")
+        .type_text("How long does shipping take?");
+    h.step();
+    click(&mut h, "Send");
+    wait_for(&mut h, "the answer", |h| has(h, "tokens/s (greedy)"));
+    let stats = text(&h, "tokens/s (greedy)");
+    let tokens: usize = stats.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(tokens > 0, "{stats}");
+}
+
+#[test]
+fn choices_are_remembered_across_launches() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    h.state_mut().method.config.lora.r = 8;
+    h.state_mut().page = Page::Method;
+    // eframe stores this as RON; any serde format round-trips it the same way.
+    let saved = serde_json::to_string(&h.state().remembered()).unwrap();
+    let remembered = serde_json::from_str(&saved).unwrap();
+    let again = LoftApp::new(
+        &egui::Context::default(),
+        AppOptions {
+            runs_dir: runs.path().to_path_buf(),
+        },
+        Some(remembered),
+    );
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 1000.0))
+        .build_ui_state(|ui, app: &mut LoftApp| app.ui(ui), again);
+    wait_for(&mut h, "the model to reopen", |h| {
+        h.state().blocker().is_none()
+    });
+    assert_eq!(h.state().page, Page::Method);
+    assert_eq!(h.state().method.config.lora.r, 8);
+    assert_eq!(h.state().data.files.len(), 1);
+    assert_eq!(
+        h.state().model.spec(),
+        Some(tiny_chat_model().display().to_string().as_str())
+    );
 }

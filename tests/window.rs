@@ -55,7 +55,10 @@ fn window_check(display: &Display, args: &[&str]) -> serde_json::Value {
         .expect("run loft window-check");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "window-check failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "window-check failed:\n{stdout}\n{stderr}"
+    );
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{stderr}"))
 }
@@ -90,7 +93,11 @@ fn the_window_opens_draws_and_trains_under_a_real_x_server() {
     let display = Display::start();
     let shots = tempfile::tempdir().unwrap();
     let (model, data) = (model(), data());
-    for (page, w, h) in [("data", 1180, 820), ("method", 800, 600), ("model", 1600, 1000)] {
+    for (page, w, h) in [
+        ("data", 1180, 820),
+        ("method", 800, 600),
+        ("model", 1600, 1000),
+    ] {
         let shot = shots.path().join(format!("{page}-{w}x{h}.png"));
         let report = window_check(
             &display,
@@ -134,7 +141,13 @@ fn the_window_opens_draws_and_trains_under_a_real_x_server() {
     );
     eprintln!("training: {report}");
     assert_eq!(report["timed_out"], false, "{report}");
-    assert!(report["training_phase"].as_str().unwrap().starts_with("Finished"), "{report}");
+    assert!(
+        report["training_phase"]
+            .as_str()
+            .unwrap()
+            .starts_with("Finished"),
+        "{report}"
+    );
     assert_eq!(report["steps_seen"], 12);
     assert!(report["training_frames"].as_u64().unwrap() > 0);
     check_screenshot(&shot, 1180, 820);

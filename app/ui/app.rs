@@ -224,40 +224,43 @@ impl LoftApp {
         None
     }
 
+    /// The run the current choices describe, before its data is hashed (None until model and data exist).
+    fn draft_spec(&self) -> Option<RunSpec> {
+        let model = self.model.spec()?.to_string();
+        let data = self.data.train_file()?.path.clone();
+        Some(RunSpec {
+            name: run_name(&model),
+            model,
+            data,
+            data_sha256: String::new(),
+            eval_data: self.data.eval_file().map(|f| f.path.clone()),
+            eval_data_sha256: None,
+            eval_split: self.data.eval_fraction(),
+            train_on_all_tokens: false,
+            truncate_overlong: false,
+            skip_error_rows: self.data.skip_error_rows,
+            created: String::new(),
+            loft_version: env!("CARGO_PKG_VERSION").to_string(),
+            train: self.method.config.clone(),
+        })
+    }
+
     pub fn start_run(&mut self, ctx: &egui::Context) {
-        let (Some(model), Some(train)) = (self.model.spec(), self.data.train_file()) else {
+        let Some(mut spec) = self.draft_spec() else {
             return;
         };
-        let model = model.to_string();
-        let data = train.path.clone();
-        let eval_data = self.data.eval_file().map(|f| f.path.clone());
-        let eval_split = self.data.eval_fraction();
-        let skip_error_rows = self.data.skip_error_rows;
-        let config = self.method.config.clone();
+        self.model.release_loaded();
         let runs_dir = self.runs_dir.clone();
         // Hashing the data and writing run.toml is file work: off the UI thread.
         self.start_job = Some(Job::spawn(ctx, "create-run", move |r| {
-            let made = (|| -> crate::engine::error::Result<(RunSpec, RunDir)> {
-                let spec = RunSpec {
-                    name: run_name(&model),
-                    model,
-                    data_sha256: sha256_file(&data)?,
-                    data,
-                    eval_data_sha256: eval_data.as_deref().map(sha256_file).transpose()?,
-                    eval_data,
-                    eval_split,
-                    train_on_all_tokens: false,
-                    truncate_overlong: false,
-                    skip_error_rows,
-                    created: timestamp(),
-                    loft_version: env!("CARGO_PKG_VERSION").to_string(),
-                    train: config,
-                };
-                let run = RunDir::create(&runs_dir, &spec)?;
-                Ok((spec, run))
+            let made = (|| -> crate::engine::error::Result<RunDir> {
+                spec.data_sha256 = sha256_file(&spec.data)?;
+                spec.eval_data_sha256 = spec.eval_data.as_deref().map(sha256_file).transpose()?;
+                spec.created = timestamp();
+                RunDir::create(&runs_dir, &spec)
             })();
             r.send(
-                made.map(|(spec, run)| (spec, run, false, Curves::default()))
+                made.map(|run| (spec, run, false, Curves::default()))
                     .map_err(|e| format!("could not create the run folder: {e}")),
             );
         }));
@@ -398,7 +401,10 @@ impl LoftApp {
                 self.method.ui(ui, arch.as_ref(), total);
             }
             Page::Train => {
-                if let train_page::Action::Start = self.train.ui(ui, self.blocker()) {
+                let draft = self
+                    .draft_spec()
+                    .map(|spec| crate::cli::train::command_line(&spec, Some(&self.runs_dir), None));
+                if let train_page::Action::Start = self.train.ui(ui, self.blocker(), draft) {
                     self.start_run(&ctx);
                 }
             }

@@ -186,6 +186,11 @@ impl ModelPage {
         }
     }
 
+    /// Forget the model loaded for "Try it" (training loads its own copy; two would double the memory).
+    pub fn release_loaded(&mut self) {
+        self.loaded = None;
+    }
+
     pub fn is_busy(&self) -> bool {
         self.open_job.is_some() || self.chat_job.is_some()
     }

@@ -190,7 +190,13 @@ impl TrainPage {
         }
     }
 
-    pub fn ui(&mut self, ui: &mut Ui, blocker: Option<String>) -> Action {
+    /// `draft_command`: the `loft train` line for the current choices, offered before a run exists.
+    pub fn ui(
+        &mut self,
+        ui: &mut Ui,
+        blocker: Option<String>,
+        draft_command: Option<String>,
+    ) -> Action {
         let mut action = Action::None;
         widgets::heading(
             ui,
@@ -219,8 +225,16 @@ impl TrainPage {
                     ui.label(RichText::new(format!("Before starting: {b}")).weak());
                 }
             }
-            if !self.command_line.is_empty() && ui.button("Copy CLI command").on_hover_text(&self.command_line).clicked() {
-                ui.ctx().copy_text(self.command_line.clone());
+            // Before a run: the line for the current choices; after: the line of the run shown.
+            let command = match self.phase {
+                Phase::Idle => draft_command,
+                _ => Some(self.command_line.clone()),
+            }
+            .filter(|c| !c.is_empty());
+            if let Some(command) = command {
+                if ui.button("Copy CLI command").on_hover_text(&command).clicked() {
+                    ui.ctx().copy_text(command);
+                }
             }
         });
         self.progress_ui(ui);
