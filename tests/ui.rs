@@ -34,12 +34,17 @@ fn tiny_chat_model() -> PathBuf {
 }
 
 fn app(runs: &Path) -> Harness<'static, LoftApp> {
+    launch(runs, None)
+}
+
+/// The app as it starts, with what an earlier launch remembered.
+fn launch(runs: &Path, remembered: Option<loft::ui::Remembered>) -> Harness<'static, LoftApp> {
     let app = LoftApp::new(
         &egui::Context::default(),
         AppOptions {
             runs_dir: runs.to_path_buf(),
         },
-        None,
+        remembered,
     );
     Harness::builder()
         .with_size(egui::vec2(1280.0, 1000.0))
@@ -204,7 +209,9 @@ fn training_runs_live_pauses_resumes_cancels_and_resumes_from_the_runs_view() {
         })
         .collect();
     assert!(
-        copied.iter().any(|t| t.starts_with("loft train --model ") && t.contains("--max-steps 400")),
+        copied
+            .iter()
+            .any(|t| t.starts_with("loft train --model ") && t.contains("--max-steps 400")),
         "{copied:?}"
     );
     click(&mut h, "Start training");
@@ -300,16 +307,7 @@ fn choices_are_remembered_across_launches() {
     // eframe stores this as RON; any serde format round-trips it the same way.
     let saved = serde_json::to_string(&h.state().remembered()).unwrap();
     let remembered = serde_json::from_str(&saved).unwrap();
-    let again = LoftApp::new(
-        &egui::Context::default(),
-        AppOptions {
-            runs_dir: runs.path().to_path_buf(),
-        },
-        Some(remembered),
-    );
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(1280.0, 1000.0))
-        .build_ui_state(|ui, app: &mut LoftApp| app.ui(ui), again);
+    let mut h = launch(runs.path(), Some(remembered));
     wait_for(&mut h, "the model to reopen", |h| {
         h.state().blocker().is_none()
     });
@@ -319,5 +317,24 @@ fn choices_are_remembered_across_launches() {
     assert_eq!(
         h.state().model.spec(),
         Some(tiny_chat_model().display().to_string().as_str())
+    );
+}
+
+#[test]
+fn closing_the_window_mid_run_keeps_a_checkpoint() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    h.state_mut().method.config.max_steps = Some(100_000);
+    click(&mut h, "4. Train");
+    click(&mut h, "Start training");
+    wait_for(&mut h, "steps", |h| h.state().train.curves.loss.len() >= 2);
+    h.state_mut().train.stop_for_exit(Duration::from_secs(60));
+    let run = h.state().train.run_dir.clone().unwrap();
+    let (dir, _) = loft::engine::train::run::RunDir::open(&run).unwrap();
+    assert!(
+        !dir.checkpoints().is_empty(),
+        "closing saved a checkpoint to resume from"
     );
 }

@@ -14,21 +14,21 @@ pub fn pick_folder(ctx: &egui::Context, title: &str) -> Job<Option<PathBuf>> {
     })
 }
 
+fn file_dialog(title: &str, kind: &str, extensions: &[&str]) -> rfd::AsyncFileDialog {
+    rfd::AsyncFileDialog::new()
+        .set_title(title)
+        .add_filter(kind, extensions)
+}
+
 pub fn pick_file(
     ctx: &egui::Context,
     title: &str,
     kind: &str,
     extensions: &[&str],
 ) -> Job<Option<PathBuf>> {
-    let (title, kind) = (title.to_string(), kind.to_string());
-    let extensions: Vec<String> = extensions.iter().map(|e| e.to_string()).collect();
+    let dialog = file_dialog(title, kind, extensions);
     Job::spawn(ctx, "dialog", move |r| {
-        let picked = pollster::block_on(
-            rfd::AsyncFileDialog::new()
-                .set_title(&title)
-                .add_filter(&kind, &extensions)
-                .pick_file(),
-        );
+        let picked = pollster::block_on(dialog.pick_file());
         r.send(picked.map(|h| h.path().to_path_buf()));
     })
 }
@@ -39,21 +39,9 @@ pub fn pick_files(
     kind: &str,
     extensions: &[&str],
 ) -> Job<Vec<PathBuf>> {
-    let (title, kind) = (title.to_string(), kind.to_string());
-    let extensions: Vec<String> = extensions.iter().map(|e| e.to_string()).collect();
+    let dialog = file_dialog(title, kind, extensions);
     Job::spawn(ctx, "dialog", move |r| {
-        let picked = pollster::block_on(
-            rfd::AsyncFileDialog::new()
-                .set_title(&title)
-                .add_filter(&kind, &extensions)
-                .pick_files(),
-        );
-        r.send(
-            picked
-                .unwrap_or_default()
-                .iter()
-                .map(|h| h.path().to_path_buf())
-                .collect(),
-        );
+        let picked = pollster::block_on(dialog.pick_files()).unwrap_or_default();
+        r.send(picked.iter().map(|h| h.path().to_path_buf()).collect());
     })
 }

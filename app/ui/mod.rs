@@ -149,6 +149,10 @@ impl eframe::App for Window {
         }
     }
 
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        self.app.train.stop_for_exit(Duration::from_secs(120));
+    }
+
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         if self.check.is_none() {
             eframe::set_value(storage, eframe::APP_KEY, &self.app.remembered());

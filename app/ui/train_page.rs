@@ -184,6 +184,23 @@ impl TrainPage {
         }
     }
 
+    /// The window is closing: cancel a running session (which saves a checkpoint) and wait up to
+    /// `patience` for it to end, so closing Loft never loses more than the step in progress.
+    pub fn stop_for_exit(&mut self, patience: std::time::Duration) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        session.send(TrainCommand::Cancel);
+        let deadline = std::time::Instant::now() + patience;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match session.events.recv_timeout(left) {
+                Ok(e) if e.is_final() => break,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
     pub fn command(&self, command: TrainCommand) {
         if let Some(s) = &self.session {
             s.send(command);
