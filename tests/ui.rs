@@ -2,6 +2,8 @@
 //! accessibility labels (as a screen reader finds them), files are dropped as the window system drops
 //! them, and every model, dataset and training run is real (the tiny chat model of tests/fixtures).
 
+#[path = "support/hub_server.rs"]
+mod hub_server;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +45,7 @@ fn launch(runs: &Path, remembered: Option<loft::ui::Remembered>) -> Harness<'sta
         &egui::Context::default(),
         AppOptions {
             runs_dir: runs.to_path_buf(),
+            ..AppOptions::default()
         },
         remembered,
     );
@@ -337,4 +340,46 @@ fn closing_the_window_mid_run_keeps_a_checkpoint() {
         !dir.checkpoints().is_empty(),
         "closing saved a checkpoint to resume from"
     );
+}
+
+#[test]
+fn a_typed_repo_id_downloads_from_the_hub_and_then_lists_as_cached() {
+    let hub = hub_server::HubServer::start();
+    hub.add_repo("loft-test/tiny-chat", &tiny_chat_model());
+    let (runs, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let app = LoftApp::new(
+        &egui::Context::default(),
+        AppOptions {
+            runs_dir: runs.path().to_path_buf(),
+            hub: loft::engine::hub::HubOptions {
+                endpoint: Some(hub.url()),
+                cache_dir: Some(cache.path().to_path_buf()),
+                ..Default::default()
+            },
+        },
+        None,
+    );
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 1000.0))
+        .build_ui_state(|ui, app: &mut LoftApp| app.ui(ui), app);
+    h.get_by_label("Folder, .gguf or repo id").click();
+    h.step();
+    h.get_by_label("Folder, .gguf or repo id")
+        .type_text("loft-test/tiny-chat");
+    h.step();
+    click(&mut h, "Open");
+    wait_for(&mut h, "the download", |h| {
+        has(h, "Opened: loft-test/tiny-chat")
+    });
+    assert!(has(&h, "Context length"));
+    assert!(
+        hub.log()
+            .iter()
+            .any(|s| s.file.as_deref() == Some("model.safetensors") && !s.is_probe()),
+        "the weights came from the hub"
+    );
+    click(&mut h, "Models already downloaded (Hugging Face cache)");
+    wait_for(&mut h, "the cache list", |h| {
+        h.query_by_label("loft-test/tiny-chat").is_some()
+    });
 }

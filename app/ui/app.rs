@@ -65,9 +65,12 @@ pub struct Remembered {
 /// A run ready to start: its spec and folder, whether it resumes, and the curve it already has.
 type RunStart = (RunSpec, RunDir, bool, Curves);
 
-/// Where the app keeps runs; tests point it at a temporary folder.
+/// Where the app keeps runs and where it downloads from; tests point them at temporary folders and a
+/// local hub.
+#[derive(Default)]
 pub struct AppOptions {
     pub runs_dir: PathBuf,
+    pub hub: crate::engine::hub::HubOptions,
 }
 
 /// Frame timings, for the measurements the smoke check prints.
@@ -101,7 +104,7 @@ impl LoftApp {
     ) -> LoftApp {
         let mut app = LoftApp {
             page: Page::Model,
-            model: ModelPage::default(),
+            model: ModelPage::new(options.hub),
             data: DataPage::default(),
             method: MethodPage::default(),
             train: TrainPage::default(),

@@ -91,7 +91,14 @@ pub fn run(options: WindowOptions) -> i32 {
                 .map_or_else(crate::engine::train::run::default_runs_dir, |c| {
                     c.runs_dir.clone()
                 });
-            let mut app = LoftApp::new(&cc.egui_ctx, AppOptions { runs_dir }, remembered);
+            let mut app = LoftApp::new(
+                &cc.egui_ctx,
+                AppOptions {
+                    runs_dir,
+                    ..AppOptions::default()
+                },
+                remembered,
+            );
             app.frames.started = Some(started);
             app.open_paths(&cc.egui_ctx, options.open.clone());
             if let Some(c) = &check {

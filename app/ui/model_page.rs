@@ -68,6 +68,8 @@ impl Download {
 
 #[derive(Default)]
 pub struct ModelPage {
+    /// Where downloads come from and go to.
+    hub: HubOptions,
     /// What the user typed or picked: a folder, a .gguf path or a repo id.
     pub source: String,
     /// The model that was opened, and the text that opened it (what run.toml records).
@@ -88,6 +90,20 @@ pub struct ModelPage {
 }
 
 impl ModelPage {
+    pub fn new(hub: HubOptions) -> ModelPage {
+        ModelPage {
+            hub,
+            ..ModelPage::default()
+        }
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.hub
+            .cache_dir
+            .clone()
+            .unwrap_or_else(cache::hub_cache_dir)
+    }
+
     pub fn is_done(&self) -> bool {
         self.opened.is_some()
     }
@@ -121,12 +137,13 @@ impl ModelPage {
         self.loaded = None;
         self.reply.clear();
         self.opening = Some(spec.clone());
+        let hub = self.hub.clone();
         self.open_job = Some(Job::spawn(ctx, "open-model", move |r| {
             let outcome = (|| -> crate::engine::error::Result<ModelInfo> {
                 let source = ModelSource::parse(&spec)?;
                 let mut on_download = |e| r.send(OpenReport::Download(e));
                 let mut how = Resolve {
-                    hub: HubOptions::default(),
+                    hub,
                     offline: false,
                     on_download: &mut on_download,
                     cancel: r.cancel_flag(),
@@ -309,7 +326,7 @@ impl ModelPage {
             .default_open(false)
             .show(ui, |ui| {
                 if self.cache.is_none() && self.cache_job.is_none() {
-                    let dir = cache::hub_cache_dir();
+                    let dir = self.cache_dir();
                     self.cache_job = Some(Job::spawn(ctx, "hf-cache", move |r| {
                         r.send(cache::list_cached_models(&dir).map_err(|e| e.to_string()));
                     }));
@@ -324,7 +341,7 @@ impl ModelPage {
                     Some(Ok(list)) if list.is_empty() => {
                         ui.label(format!(
                             "No models in {}. Type a repo id above to download one.",
-                            cache::hub_cache_dir().display()
+                            self.cache_dir().display()
                         ));
                     }
                     Some(Ok(list)) => {
@@ -505,5 +522,47 @@ fn fit_hint(parameters: u64) -> (String, egui::Color32) {
             format!("{about}: too big. Choose a smaller model (or QLoRA, coming to Loft)."),
             BAD,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_progress_adds_up_across_files() {
+        let mut d = Download::default();
+        let events = [
+            DownloadEvent::Started {
+                files: 2,
+                total_bytes: Some(300),
+            },
+            DownloadEvent::File {
+                name: "a".into(),
+                index: 0,
+                size: 100,
+            },
+            DownloadEvent::Bytes {
+                name: "a".into(),
+                done: 100,
+                total: 100,
+            },
+            DownloadEvent::FileDone { name: "a".into() },
+            DownloadEvent::File {
+                name: "b".into(),
+                index: 1,
+                size: 200,
+            },
+            DownloadEvent::Bytes {
+                name: "b".into(),
+                done: 50,
+                total: 200,
+            },
+        ];
+        for e in &events {
+            d.apply(e);
+        }
+        assert_eq!((d.done, d.total, d.file.as_str()), (150, Some(300), "b"));
+        assert!(d.speed() > 0.0);
     }
 }
