@@ -624,6 +624,14 @@ fn highlighted(ui: &Ui, p: &Rendered) -> LayoutJob {
     let mut at = 0;
     for span in &p.spans {
         let (start, end) = (span.start.min(p.text.len()), span.end.min(p.text.len()));
+        // Spans come from the renderer and fall on characters; a bad one is skipped, never a panic.
+        if start < at
+            || end < start
+            || !p.text.is_char_boundary(start)
+            || !p.text.is_char_boundary(end)
+        {
+            continue;
+        }
         if start > at {
             job.append(&p.text[at..start], 0.0, dim.clone());
         }
