@@ -125,6 +125,22 @@ fn a_dropped_dataset_is_validated_with_a_histogram_and_a_preview() {
     });
     assert!(has(&h, "Tokens per example"));
     assert!(has(&h, "Preview: what the model learns"));
+
+    // "X of Y tokens are trained on": only the answers by default, every token when asked.
+    let trained = |h: &Harness<'static, LoftApp>| -> (u64, u64) {
+        let t = text(h, "tokens are trained on");
+        let words: Vec<&str> = t.split_whitespace().collect();
+        (words[0].parse().unwrap(), words[2].parse().unwrap())
+    };
+    let (answers, total) = trained(&h);
+    assert!(answers < total, "{answers} of {total}");
+    click(&mut h, "Learn the whole conversation, not only the answers");
+    wait_for(&mut h, "the re-check", |h| {
+        h.query_all_by_label_contains("tokens are trained on")
+            .next()
+            .is_some()
+            && trained(h).0 == total
+    });
 }
 
 #[test]

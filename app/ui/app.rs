@@ -59,6 +59,8 @@ pub struct Remembered {
     pub train_file: usize,
     pub eval: Option<EvalChoice>,
     pub skip_error_rows: bool,
+    pub truncate_overlong: bool,
+    pub train_on_all_tokens: bool,
     pub config: Option<TrainConfig>,
 }
 
@@ -131,6 +133,8 @@ impl LoftApp {
                 app.data.eval = eval;
             }
             app.data.skip_error_rows = r.skip_error_rows;
+            app.data.truncate_overlong = r.truncate_overlong;
+            app.data.train_on_all_tokens = r.train_on_all_tokens;
             if let Some(config) = r.config {
                 app.method.config = config;
             }
@@ -146,6 +150,8 @@ impl LoftApp {
             train_file: self.data.train,
             eval: Some(self.data.eval),
             skip_error_rows: self.data.skip_error_rows,
+            truncate_overlong: self.data.truncate_overlong,
+            train_on_all_tokens: self.data.train_on_all_tokens,
             config: Some(self.method.config.clone()),
         }
     }
@@ -239,8 +245,8 @@ impl LoftApp {
             eval_data: self.data.eval_file().map(|f| f.path.clone()),
             eval_data_sha256: None,
             eval_split: self.data.eval_fraction(),
-            train_on_all_tokens: false,
-            truncate_overlong: false,
+            train_on_all_tokens: self.data.train_on_all_tokens,
+            truncate_overlong: self.data.truncate_overlong,
             skip_error_rows: self.data.skip_error_rows,
             created: String::new(),
             loft_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::data::{
-    self, EncodeOptions, Progress, Rendered, RowNumbering, Stage, ValidateOptions, ValidationReport,
+    self, EncodeOptions, Overlong, Progress, Rendered, RowNumbering, Stage, TrainOn,
+    ValidateOptions, ValidationReport,
 };
 use crate::engine::source::ModelFiles;
 
@@ -79,6 +80,10 @@ pub struct DataPage {
     pub eval: EvalChoice,
     /// The user's explicit choice to train without the rows that have errors.
     pub skip_error_rows: bool,
+    /// Cut examples longer than max_seq_len to fit instead of leaving them out.
+    pub truncate_overlong: bool,
+    /// Learn every token of the conversation, not only the assistant's replies.
+    pub train_on_all_tokens: bool,
     dialog: Option<Job<Vec<PathBuf>>>,
 }
 
@@ -89,6 +94,8 @@ impl Default for DataPage {
             train: 0,
             eval: EvalChoice::Split(10.0),
             skip_error_rows: false,
+            truncate_overlong: false,
+            train_on_all_tokens: false,
             dialog: None,
         }
     }
@@ -168,11 +175,27 @@ impl DataPage {
         }
     }
 
-    /// Start checks for files whose report is missing or was made for another model or max_seq_len.
+    /// Start checks for files whose report is missing or was made for another model or encoding.
     pub fn refresh(&mut self, ctx: &egui::Context, model: Option<&ModelFiles>, max_seq_len: usize) {
+        let encoding = EncodeOptions {
+            max_seq_len,
+            train_on: if self.train_on_all_tokens {
+                TrainOn::All
+            } else {
+                TrainOn::Assistant
+            },
+            overlong: if self.truncate_overlong {
+                Overlong::Truncate
+            } else {
+                Overlong::Drop
+            },
+            ..EncodeOptions::default()
+        };
         let key = format!(
-            "{}|{max_seq_len}",
-            model.map_or(String::new(), |m| m.root.display().to_string())
+            "{}|{max_seq_len}|{:?}|{:?}",
+            model.map_or(String::new(), |m| m.root.display().to_string()),
+            encoding.train_on,
+            encoding.overlong
         );
         for file in &mut self.files {
             if file.job.is_none() && file.checked_with.as_deref() != Some(key.as_str()) {
@@ -180,8 +203,9 @@ impl DataPage {
                 file.failure = None;
                 let path = file.path.clone();
                 let model = model.cloned();
+                let encoding = encoding.clone();
                 file.job = Some(Job::spawn(ctx, "check-data", move |r| {
-                    check(&path, model.as_ref(), max_seq_len, r)
+                    check(&path, model.as_ref(), &encoding, r)
                 }));
             }
         }
@@ -341,13 +365,23 @@ impl DataPage {
             )
             .on_hover_text("Rows with errors are left out of training instead of blocking it. Fixing them is better: each bad row is a lesson the model will not get.");
         }
+        ui.horizontal(|ui| {
+            ui.label("Examples longer than max_seq_len");
+            ui.radio_value(&mut self.truncate_overlong, false, "leave out");
+            ui.radio_value(&mut self.truncate_overlong, true, "cut to fit");
+            widgets::help(ui, "Leaving long examples out keeps every answer whole; cutting keeps the example but the model may learn answers that stop mid-sentence. Better: raise max_seq_len (Method step) if memory allows.");
+        });
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut self.train_on_all_tokens, "Learn the whole conversation, not only the answers");
+            widgets::help(ui, "By default the loss counts only the assistant's replies, so the model learns to answer, not to write questions. Turn this on for plain-text continuation data.");
+        });
     }
 }
 
 fn check(
     path: &Path,
     model: Option<&ModelFiles>,
-    max_seq_len: usize,
+    options: &EncodeOptions,
     r: &super::jobs::Reporter<Report>,
 ) {
     let tools = model.map(data::load_text_tools);
@@ -357,15 +391,11 @@ fn check(
         Some(Ok(_)) => None,
     };
     let tools = tools.and_then(|t| t.ok());
-    let options = EncodeOptions {
-        max_seq_len,
-        ..EncodeOptions::default()
-    };
     let mut progress = |p| r.send(Report::Progress(p));
     let checked = data::check_file(
         path,
         &ValidateOptions::default(),
-        tools.as_ref().map(|t| (t, &options)),
+        tools.as_ref().map(|t| (t, options)),
         &mut progress,
         r.cancel_flag(),
     );
@@ -379,6 +409,12 @@ fn check(
             .iter()
             .take(3)
             .filter_map(|c| data::render_with_spans(&c.messages, &t.tokenizer, &t.template).ok())
+            .map(|mut p| {
+                if options.train_on == TrainOn::All {
+                    p.spans = std::iter::once(0..p.text.len()).collect();
+                }
+                p
+            })
             .collect(),
         _ => Vec::new(),
     };
