@@ -101,16 +101,8 @@ pub fn validate(args: ValidateArgs) -> Result<i32> {
         max_seq_len: args
             .max_seq_len
             .unwrap_or_else(|| t.context_length.unwrap_or(2048).clamp(1, 2048)),
-        train_on: if args.train_on_all {
-            TrainOn::All
-        } else {
-            TrainOn::Assistant
-        },
-        overlong: if args.truncate {
-            Overlong::Truncate
-        } else {
-            Overlong::Drop
-        },
+        train_on: TrainOn::all_tokens(args.train_on_all),
+        overlong: Overlong::truncate(args.truncate),
         batch_size: args.batch_size,
         seed: args.seed,
         ..EncodeOptions::default()

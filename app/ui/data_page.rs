@@ -179,16 +179,8 @@ impl DataPage {
     pub fn refresh(&mut self, ctx: &egui::Context, model: Option<&ModelFiles>, max_seq_len: usize) {
         let encoding = EncodeOptions {
             max_seq_len,
-            train_on: if self.train_on_all_tokens {
-                TrainOn::All
-            } else {
-                TrainOn::Assistant
-            },
-            overlong: if self.truncate_overlong {
-                Overlong::Truncate
-            } else {
-                Overlong::Drop
-            },
+            train_on: TrainOn::all_tokens(self.train_on_all_tokens),
+            overlong: Overlong::truncate(self.truncate_overlong),
             ..EncodeOptions::default()
         };
         let key = format!(

@@ -42,6 +42,17 @@ pub enum TrainOn {
     All,
 }
 
+impl TrainOn {
+    /// `All` when every token should be learned (the CLI's `--train-on-all`), else `Assistant`.
+    pub fn all_tokens(all: bool) -> TrainOn {
+        if all {
+            TrainOn::All
+        } else {
+            TrainOn::Assistant
+        }
+    }
+}
+
 /// What happens to conversations longer than `max_seq_len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overlong {
@@ -50,6 +61,17 @@ pub enum Overlong {
     Drop,
     /// Keep the first `max_seq_len` tokens (truncate from the right).
     Truncate,
+}
+
+impl Overlong {
+    /// `Truncate` when long conversations should be cut to fit (the CLI's `--truncate`), else `Drop`.
+    pub fn truncate(truncate: bool) -> Overlong {
+        if truncate {
+            Overlong::Truncate
+        } else {
+            Overlong::Drop
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

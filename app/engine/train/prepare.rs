@@ -65,16 +65,8 @@ pub fn prepare(
     let (train_set, eval_set) = datasets(spec, on_event, cancel)?;
     let options = EncodeOptions {
         max_seq_len: spec.train.max_seq_len,
-        train_on: if spec.train_on_all_tokens {
-            TrainOn::All
-        } else {
-            TrainOn::Assistant
-        },
-        overlong: if spec.truncate_overlong {
-            Overlong::Truncate
-        } else {
-            Overlong::Drop
-        },
+        train_on: TrainOn::all_tokens(spec.train_on_all_tokens),
+        overlong: Overlong::truncate(spec.truncate_overlong),
         batch_size: spec.train.micro_batch_size,
         seed: spec.train.seed,
         ..EncodeOptions::default()
