@@ -186,7 +186,12 @@ impl LoftApp {
     fn poll(&mut self, ctx: &egui::Context) {
         self.model.poll();
         self.data.poll();
+        let was_training = self.train.is_running();
         self.train.poll();
+        if was_training && !self.train.is_running() {
+            // The run's folder changed state: list the runs afresh when the Runs view is shown.
+            self.runs.runs = None;
+        }
         self.runs.poll();
         if let Some(job) = &mut self.device_job {
             if let Some(d) = job.poll().pop() {
