@@ -125,10 +125,8 @@ impl Attention {
         if let Some(cap) = self.softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        if let Some(mask) = mask {
-            scores = ops::add_mask(&scores, mask)?;
-        }
-        let probs = ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let probs =
+            ops::masked_softmax(&scores.to_dtype(DType::F32)?, mask)?.to_dtype(v.dtype())?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?;
         self.o_proj
             .forward(&y.reshape((b, t, self.num_heads * self.head_dim))?)

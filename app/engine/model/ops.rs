@@ -196,17 +196,19 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
-/// Softmax over the last dimension with candle's fused kernel; dx = y ⊙ (dy − Σ dy ⊙ y).
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    fused(
-        x,
-        "softmax-last-dim",
-        candle_nn::ops::softmax_last_dim,
-        |_x, y, dy| {
-            let dot = (dy * y)?.sum_keepdim(D::Minus1)?;
-            y * dy.broadcast_sub(&dot)?
-        },
-    )
+/// Softmax over the last dimension of `x + mask` with candle's fused kernel, where `mask` is a constant
+/// additive mask (causal −∞ entries) or absent: dx = y ⊙ (dy − Σ dy ⊙ y), and the mask gets nothing. One
+/// op rather than a mask op and a softmax op, so the attention scores are copied and kept once, not twice.
+pub fn masked_softmax(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let mask = mask.map(|m| m.to_dtype(x.dtype())).transpose()?;
+    let forward = move |x: &Tensor| match &mask {
+        Some(m) => candle_nn::ops::softmax_last_dim(&x.broadcast_add(m)?),
+        None => candle_nn::ops::softmax_last_dim(x),
+    };
+    fused(x, "masked-softmax", forward, |_x, y, dy| {
+        let dot = (dy * y)?.sum_keepdim(D::Minus1)?;
+        y * dy.broadcast_sub(&dot)?
+    })
 }
 
 /// RMSNorm with a frozen scale `w`: `w ⊙ x / sqrt(mean(x²) + eps)` over the last dimension, computed in
@@ -229,18 +231,6 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
             .broadcast_div(&rms)?
             .to_dtype(dtype)
     })
-}
-
-/// `x + mask` for a constant additive mask (e.g. causal −∞ entries): the gradient passes straight to x,
-/// and none is computed for the mask.
-pub fn add_mask(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let mask = mask.clone();
-    fused(
-        x,
-        "add-mask",
-        move |x| x.broadcast_add(&mask),
-        |_x, _y, dy| Ok(dy.clone()),
-    )
 }
 
 /// Rotary position embedding (rotate-half layout) with candle's kernel; `cos`/`sin` are `(t, d/2)`.
@@ -391,9 +381,11 @@ mod tests {
     #[test]
     fn softmax_gradient() {
         let x = Tensor::randn(0f32, 2.0, (3, 5, 7), &Device::Cpu).unwrap();
-        same_gradients(&x, softmax_last_dim, |x| {
-            candle_nn::ops::softmax(x, D::Minus1)
-        });
+        same_gradients(
+            &x,
+            |x| masked_softmax(x, None),
+            |x| candle_nn::ops::softmax(x, D::Minus1),
+        );
     }
 
     #[test]
@@ -412,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn mask_gradient() {
+    fn masked_softmax_gradient() {
         let x = Tensor::randn(0f32, 1.0, (2, 3, 3), &Device::Cpu).unwrap();
         let mask = Tensor::new(
             &[[0f32, -1e9, -1e9], [0., 0., -1e9], [0., 0., 0.]],
@@ -422,8 +414,8 @@ mod tests {
         let m2 = mask.clone();
         same_gradients(
             &x,
-            move |x| add_mask(x, &mask),
-            move |x| x.broadcast_add(&m2),
+            move |x| masked_softmax(x, Some(&mask)),
+            move |x| candle_nn::ops::softmax(&x.broadcast_add(&m2)?, D::Minus1),
         );
     }
 
