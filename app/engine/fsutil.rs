@@ -45,3 +45,64 @@ pub fn produce_atomic<E>(
     }
     result
 }
+
+/// Produce a folder with `fill(partial)` in a hidden sibling, then rename it into place, so `target` is
+/// complete or absent, never half-written. An existing `target` is replaced only when `replace` is set,
+/// and only once the new folder is complete; otherwise the rename fails and `target` is left alone.
+pub fn produce_dir_atomic<E>(
+    target: &Path,
+    replace: bool,
+    fill: impl FnOnce(&Path) -> Result<(), E>,
+    io: impl Fn(std::io::Error) -> E,
+) -> Result<(), E> {
+    let name = target
+        .file_name()
+        .map_or("folder".into(), |n| n.to_string_lossy().into_owned());
+    let partial = target.with_file_name(format!(".{name}.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    let result = std::fs::create_dir_all(&partial)
+        .map_err(&io)
+        .and_then(|()| fill(&partial))
+        .and_then(|()| {
+            if replace {
+                let _ = std::fs::remove_dir_all(target);
+            }
+            std::fs::rename(&partial, target).map_err(&io)
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    result
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_appears_whole_or_not_at_all() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("adapter");
+        let failed = produce_dir_atomic(
+            &target,
+            false,
+            |p| {
+                std::fs::write(p.join("half"), "x")?;
+                Err(std::io::Error::other("disk full"))
+            },
+            |e| e,
+        );
+        assert!(failed.is_err());
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "nothing left behind"
+        );
+        produce_dir_atomic(&target, false, |p| std::fs::write(p.join("a"), "1"), |e| e).unwrap();
+        let refused =
+            produce_dir_atomic(&target, false, |p| std::fs::write(p.join("b"), "2"), |e| e);
+        assert!(refused.is_err() && target.join("a").is_file() && !target.join("b").exists());
+        produce_dir_atomic(&target, true, |p| std::fs::write(p.join("b"), "2"), |e| e).unwrap();
+        assert!(target.join("b").is_file() && !target.join("a").exists());
+    }
+}

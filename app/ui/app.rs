@@ -216,9 +216,9 @@ impl LoftApp {
             }
         }
         // Datasets are checked with the opened model's tokenizer, at the chosen max_seq_len.
-        let model_files = self.model.info().map(|i| i.files.clone());
+        let model_files = self.model.info().map(|i| &i.files);
         self.data
-            .refresh(ctx, model_files.as_ref(), self.method.config.max_seq_len);
+            .refresh(ctx, model_files, self.method.config.max_seq_len);
     }
 
     /// Why training cannot start yet, or None.

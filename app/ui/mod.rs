@@ -254,13 +254,9 @@ impl CheckState {
 
 /// The `p`th percentile of frame times, in milliseconds.
 fn percentile(seconds: &[f32], p: f64) -> Option<f64> {
-    if seconds.is_empty() {
-        return None;
-    }
     let mut ms: Vec<f64> = seconds.iter().map(|s| *s as f64 * 1e3).collect();
     ms.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * ms.len() as f64).ceil() as usize;
-    Some(ms[rank.clamp(1, ms.len()) - 1])
+    (!ms.is_empty()).then(|| crate::engine::data::percentile(&ms, p))
 }
 
 fn save_png(path: &std::path::Path, image: &egui::ColorImage) -> Result<(), String> {

@@ -225,8 +225,7 @@ fn short(text: &str) -> String {
     }
 }
 
-/// Copy an adapter folder to `dest` (which must not exist yet): into a hidden sibling first, then one
-/// rename, so `dest` is complete or absent.
+/// Copy an adapter folder to `dest`, which must not exist yet; `dest` ends up complete or absent.
 pub fn save_adapter(from: &Path, dest: &Path) -> Result<PathBuf, String> {
     if dest.exists() {
         return Err(format!(
@@ -234,29 +233,17 @@ pub fn save_adapter(from: &Path, dest: &Path) -> Result<PathBuf, String> {
             dest.display()
         ));
     }
-    let parent = dest
-        .parent()
-        .ok_or_else(|| format!("{} has no parent folder", dest.display()))?;
-    let partial = parent.join(format!(
-        ".{}.partial",
-        dest.file_name()
-            .map_or("adapter".into(), |n| n.to_string_lossy().into_owned())
-    ));
-    let _ = std::fs::remove_dir_all(&partial);
-    let copy = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&partial)?;
+    let copy = |partial: &Path| -> std::io::Result<()> {
         for entry in std::fs::read_dir(from)? {
             let entry = entry?;
             if entry.file_type()?.is_file() {
                 std::fs::copy(entry.path(), partial.join(entry.file_name()))?;
             }
         }
-        std::fs::rename(&partial, dest)
+        Ok(())
     };
-    copy().map_err(|e| {
-        let _ = std::fs::remove_dir_all(&partial);
-        format!("could not save the adapter to {}: {e}", dest.display())
-    })?;
+    crate::engine::fsutil::produce_dir_atomic(dest, false, copy, |e| e)
+        .map_err(|e| format!("could not save the adapter to {}: {e}", dest.display()))?;
     Ok(dest.to_path_buf())
 }
 

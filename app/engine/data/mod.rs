@@ -31,6 +31,7 @@ pub use encode::{
     encode_conversation, encode_dataset, load_text_tools, render_with_spans, EncodeOptions,
     Encoded, Example, Overlong, Rendered, TrainOn,
 };
+pub(crate) use report::percentile;
 pub use report::{
     Distribution, EncodeSummary, ErrorKind, Histogram, RoleCounts, RowError, SplitSummary, Stats,
     ValidationReport, Warning, WarningKind,

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::TrainConfig;
 use crate::engine::error::{ModelError, Result};
-use crate::engine::fsutil::write_atomic;
+use crate::engine::fsutil::{produce_dir_atomic, write_atomic};
 
 /// run.toml: the model, the data (with a content hash, so a changed file is noticed on resume) and
 /// the whole training configuration.
@@ -233,13 +233,8 @@ impl RunDir {
     ) -> Result<PathBuf> {
         let dir = self.checkpoints_dir();
         std::fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
-        let partial = dir.join(format!(".step-{step}.partial"));
-        let _ = std::fs::remove_dir_all(&partial);
-        std::fs::create_dir_all(&partial).map_err(|e| ModelError::io(&partial, e))?;
-        fill(&partial)?;
         let done = dir.join(format!("step-{step}"));
-        let _ = std::fs::remove_dir_all(&done);
-        std::fs::rename(&partial, &done).map_err(|e| ModelError::io(&done, e))?;
+        produce_dir_atomic(&done, true, fill, |e| ModelError::io(&done, e))?;
         Ok(done)
     }
 }
