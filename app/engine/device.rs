@@ -13,14 +13,17 @@ pub fn best_device() -> (Device, DType) {
     (Device::Cpu, DType::F32)
 }
 
-/// A one-line description for people: "CPU (8 threads)" or "CUDA GPU 0".
+/// A one-line description for people: "CPU (8 threads)" or "CUDA GPU 0: NVIDIA H200, 143771 MiB".
 pub fn describe(device: &Device) -> String {
     match device {
         Device::Cpu => format!(
             "CPU ({} threads)",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
-        Device::Cuda(_) => "CUDA GPU 0".to_string(),
+        Device::Cuda(_) => match gpu_summary() {
+            Some(gpu) => format!("CUDA GPU 0: {gpu}"),
+            None => "CUDA GPU 0".to_string(),
+        },
         Device::Metal(_) => "Apple GPU (Metal)".to_string(),
     }
 }

@@ -472,13 +472,12 @@ fn truncate(text: &str, max: usize) -> String {
 
 fn describe_device() -> String {
     let (device, _) = crate::engine::device::best_device();
-    let base = crate::engine::device::describe(&device);
-    match (device.is_cuda(), crate::engine::device::gpu_summary()) {
-        (true, Some(gpu)) => format!("{base}: {gpu}"),
-        (false, Some(gpu)) => format!(
-            "{base} — an NVIDIA GPU ({gpu}) is present but this build of Loft has no CUDA support; build with --features cuda"
+    let described = crate::engine::device::describe(&device);
+    match crate::engine::device::gpu_summary() {
+        Some(gpu) if !device.is_cuda() => format!(
+            "{described} — an NVIDIA GPU ({gpu}) is present but this build of Loft has no CUDA support; build with --features cuda"
         ),
-        (_, None) => base,
+        _ => described,
     }
 }
 
