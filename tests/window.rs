@@ -4,9 +4,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// An Xvfb server for this test process, stopped when dropped.
 struct Display {
@@ -15,31 +16,50 @@ struct Display {
 }
 
 impl Display {
+    /// Start Xvfb and wait until it accepts connections. `-displayfd` makes the server choose a free
+    /// display number itself and write it to its stdout only once it is ready, so neither a stale socket
+    /// in /tmp/.X11-unix nor another server on the same number can make the window test race.
     fn start() -> Display {
-        // A display number of our own, so parallel test binaries and a desktop session do not collide.
-        let number = 90 + std::process::id() % 100;
-        let name = format!(":{number}");
-        let server = Command::new("Xvfb")
-            .args([&name, "-screen", "0", "1920x1200x24", "-nolisten", "tcp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let mut server = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "1920x1200x24", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start Xvfb ({e}): install it (Debian/Ubuntu: apt-get install xvfb), or run the tests with scripts/test.sh, which does")
             });
-        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "Xvfb did not start on {name}");
-            std::thread::sleep(Duration::from_millis(50));
+        let stdout = server.stdout.take().expect("Xvfb stdout");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        let number = match receiver.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if !line.trim().is_empty() => line.trim().to_string(),
+            outcome => {
+                let _ = server.kill();
+                let mut stderr = String::new();
+                if let Some(mut pipe) = server.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                panic!("Xvfb did not become ready ({outcome:?}); it printed:\n{stderr}");
+            }
+        };
+        // Xvfb's stderr is no longer read; let it go nowhere rather than fill a pipe.
+        drop(server.stderr.take());
+        Display {
+            server,
+            name: format!(":{number}"),
         }
-        Display { server, name }
     }
 }
 
 impl Drop for Display {
     fn drop(&mut self) {
-        let _ = self.server.kill();
+        // SIGTERM, not SIGKILL, so the server removes its socket and lock file.
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(self.server.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.server.wait();
     }
 }
