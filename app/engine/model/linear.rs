@@ -5,6 +5,7 @@
 use candle_core::{Module, Result, Tensor};
 
 use super::lora::LoraAdapter;
+use super::lora_op;
 
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
@@ -43,12 +44,18 @@ impl Module for LoraLinear {
         let (lead, features) = dims.split_at(dims.len() - 1);
         let rows: usize = lead.iter().product();
         let flat = x.reshape((rows, features[0]))?;
-        let mut y = super::ops::frozen_matmul(&flat, &self.weight)?;
+        let mut y = match &self.adapter {
+            Some(adapter) if lora_op::applies(&flat, &self.weight) => {
+                lora_op::lora_linear(&flat, &self.weight, adapter)?
+            }
+            Some(adapter) => {
+                (super::ops::frozen_matmul(&flat, &self.weight)?
+                    + adapter.forward(&flat)?.to_dtype(self.weight.dtype())?)?
+            }
+            None => super::ops::frozen_matmul(&flat, &self.weight)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
-        }
-        if let Some(adapter) = &self.adapter {
-            y = (y + adapter.forward(&flat)?.to_dtype(self.weight.dtype())?)?;
         }
         let mut out_dims = lead.to_vec();
         out_dims.push(self.out_features());

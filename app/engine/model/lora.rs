@@ -139,7 +139,7 @@ impl LoraAdapter {
     /// `scale · dropout(x)·Aᵀ·Bᵀ` for `x` of shape `(rows, in)`, computed in f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.to_dtype(DType::F32)?;
-        if let (Some(key), true) = (self.key.get(), self.dropout > 0.0) {
+        if let Some(key) = self.dropout_key() {
             x = x.broadcast_mul(&self.dropout_mask(x.dims(), key, x.device())?)?;
         }
         // Scale the rank-r intermediate, not the full-width output: same result, far less work.
@@ -147,16 +147,25 @@ impl LoraAdapter {
         down.matmul(&self.b.as_tensor().t()?)
     }
 
+    /// The key of this forward pass's dropout mask; `None` when nothing is dropped (p = 0, or evaluation).
+    pub fn dropout_key(&self) -> Option<u64> {
+        self.key.get().filter(|_| self.dropout > 0.0)
+    }
+
     /// Inverted dropout: kept features are scaled by 1/(1-p) so the expected input is unchanged.
     fn dropout_mask(&self, dims: &[usize], key: u64, device: &Device) -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        Tensor::from_vec(self.dropout_values(n, key), dims, device)
+    }
+
+    /// The `n` mask values (0 or 1/(1-p)) that key `key` draws for this module, in row-major order.
+    pub fn dropout_values(&self, n: usize, key: u64) -> Vec<f32> {
         let keep = 1.0 - self.dropout;
         let scale = (1.0 / keep) as f32;
         let mut rng = SplitMix64::new(key ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        let n: usize = dims.iter().product();
-        let mask: Vec<f32> = (0..n)
+        (0..n)
             .map(|_| if rng.unit() < keep { scale } else { 0.0 })
-            .collect();
-        Tensor::from_vec(mask, dims, device)
+            .collect()
     }
 
     pub fn parameter_count(&self) -> usize {

@@ -5,14 +5,16 @@
 //! attention, SwiGLU/GeGLU MLP; Gemma 3 adds q/k norms, sandwich norms, scaled embeddings and
 //! sliding-window layers with their own rope base.
 
+mod cpu_ops;
 pub mod linear;
 pub mod lora;
+mod lora_op;
 pub mod ops;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Module, Tensor, TensorId, Var};
+use candle_core::{DType, Device, Module, Tensor, TensorId, Var, D};
 
 pub use linear::LoraLinear;
 pub use lora::{DropoutKey, LoraAdapter, LoraConfig};
@@ -74,6 +76,11 @@ impl RopeAngles {
     fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         ops::rope(x, &self.cos, &self.sin)
     }
+
+    /// The inverse rotation (rope by −angle): the gradient of [`Self::apply`].
+    fn apply_inverse(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::rotary_emb::rope(x, &self.cos, &self.sin.neg()?)
+    }
 }
 
 struct Attention {
@@ -83,11 +90,7 @@ struct Attention {
     o_proj: LoraLinear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-    scale: f64,
-    softcap: Option<f64>,
+    core: AttentionCore,
 }
 
 impl Attention {
@@ -99,17 +102,60 @@ impl Attention {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        let head_dim = self.core.head_dim;
         let heads = |proj: &LoraLinear, n: usize, norm: &Option<RmsNorm>| {
-            let y = proj.forward(x)?.reshape((b, t, n, self.head_dim))?;
-            let y = match norm {
-                Some(norm) => norm.forward(&y)?,
-                None => y,
-            };
-            y.transpose(1, 2)?.contiguous()
+            let y = proj.forward(x)?.reshape((b, t, n, head_dim))?;
+            match norm {
+                Some(norm) => norm.forward(&y),
+                None => Ok(y),
+            }
         };
-        let q = rope.apply(&heads(&self.q_proj, self.num_heads, &self.q_norm)?)?;
-        let mut k = rope.apply(&heads(&self.k_proj, self.num_kv_heads, &self.k_norm)?)?;
-        let mut v = heads(&self.v_proj, self.num_kv_heads, &None)?;
+        let q = heads(&self.q_proj, self.core.num_heads, &self.q_norm)?;
+        let k = heads(&self.k_proj, self.core.num_kv_heads, &self.k_norm)?;
+        let v = heads(&self.v_proj, self.core.num_kv_heads, &None)?;
+        let y = match cache {
+            Some(cache) => self.core.forward(&q, &k, &v, rope, mask, Some(cache))?,
+            None => {
+                let (core, rope_f, mask_f) = (self.core, rope.clone(), mask.cloned());
+                let (rope_b, mask_b) = (rope.clone(), mask.cloned());
+                ops::section3(
+                    (&q, &k, &v),
+                    "attention",
+                    move |q, k, v| core.forward(q, k, v, &rope_f, mask_f.as_ref(), None),
+                    move |q, k, v, dy| core.backward(q, k, v, dy, &rope_b, mask_b.as_ref()),
+                )?
+            }
+        };
+        self.o_proj.forward(&y)
+    }
+}
+
+/// Scaled dot-product attention over projected heads, without parameters (so that training can
+/// recompute it rather than keep its `t × t` scores).
+#[derive(Clone, Copy)]
+struct AttentionCore {
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+}
+
+impl AttentionCore {
+    /// `q (b, t, heads, d)`, `k`/`v (b, t, kv_heads, d)` → `(b, t, heads · d)`.
+    fn forward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rope: &RopeAngles,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _, _) = q.dims4()?;
+        let q = rope.apply(&q.transpose(1, 2)?.contiguous()?)?;
+        let mut k = rope.apply(&k.transpose(1, 2)?.contiguous()?)?;
+        let mut v = v.transpose(1, 2)?.contiguous()?;
         if let Some(cache) = cache {
             if let Some((k_prev, v_prev)) = cache.as_ref() {
                 k = Tensor::cat(&[k_prev, &k], 2)?;
@@ -128,8 +174,65 @@ impl Attention {
         let probs =
             ops::masked_softmax(&scores.to_dtype(DType::F32)?, mask)?.to_dtype(v.dtype())?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?;
-        self.o_proj
-            .forward(&y.reshape((b, t, self.num_heads * self.head_dim))?)
+        y.reshape((b, t, self.num_heads * self.head_dim))
+    }
+
+    /// The gradients of [`Self::forward`]'s inputs (no cache), recomputing the scores and probabilities
+    /// from `q` and `k`. With s the scale, S = s·q̃k̃ᵀ (softcapped: c·tanh(S/c)), P = softmax(S + mask),
+    /// O = P·V: dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dq̃ = s·dS·K, dk̃ = s·dSᵀ·q̃;
+    /// the keys' and values' gradients sum over the query heads that share them, and rope's gradient is
+    /// the inverse rotation. All in f32.
+    fn backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dy: &Tensor,
+        rope: &RopeAngles,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<ops::Grads3> {
+        let (b, t, heads, d) = q.dims4()?;
+        let kv = self.num_kv_heads;
+        let groups = heads / kv;
+        let q = (rope.apply(&q.transpose(1, 2)?.contiguous()?)? * self.scale)?;
+        let k = repeat_kv(&rope.apply(&k.transpose(1, 2)?.contiguous()?)?, groups)?;
+        let v = repeat_kv(&v.transpose(1, 2)?.contiguous()?, groups)?;
+        let raw = q.matmul(&k.t()?)?;
+        let scores = match self.softcap {
+            Some(cap) => ((&raw / cap)?.tanh()? * cap)?,
+            None => raw.clone(),
+        };
+        let probs = match mask {
+            Some(m) => candle_nn::ops::softmax_last_dim(&scores.broadcast_add(m)?)?,
+            None => candle_nn::ops::softmax_last_dim(&scores)?,
+        };
+        let d_out = dy
+            .reshape((b, t, heads, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let dv = probs.t()?.matmul(&d_out)?;
+        let dp = d_out.matmul(&v.t()?)?;
+        let row = (&dp * &probs)?.sum_keepdim(D::Minus1)?;
+        let mut ds = (probs * dp.broadcast_sub(&row)?)?;
+        if let Some(cap) = self.softcap {
+            let tanh = (raw / cap)?.tanh()?;
+            ds = (ds * (1.0 - tanh.sqr()?)?)?;
+        }
+        let dq = (ds.matmul(&k)? * self.scale)?;
+        let dk = ds.t()?.matmul(&q)?;
+        // Back from the shared heads: sum each group's gradient, undo the rotation, restore the layout.
+        let per_kv = |g: Tensor| -> candle_core::Result<Tensor> {
+            if groups == 1 {
+                return Ok(g);
+            }
+            g.reshape((b, kv, groups, t, d))?.sum(2)
+        };
+        let to_input = |g: Tensor| g.transpose(1, 2)?.contiguous();
+        Ok((
+            Some(to_input(rope.apply_inverse(&dq.contiguous()?)?)?),
+            Some(to_input(rope.apply_inverse(&per_kv(dk)?.contiguous()?)?)?),
+            Some(to_input(per_kv(dv)?)?),
+        ))
     }
 }
 
@@ -154,6 +257,11 @@ struct Mlp {
 impl Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let gate = self.gate_proj.forward(x)?;
+        if gate.track_op() && cpu_ops::applies(&gate) {
+            let gelu = self.activation == Activation::GeluTanh;
+            let up = self.up_proj.forward(x)?;
+            return self.down_proj.forward(&cpu_ops::gated(&gate, &up, gelu)?);
+        }
         let gate = match self.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             // candle's `gelu` is the tanh approximation, as gelu_pytorch_tanh.
@@ -644,11 +752,13 @@ impl Loader<'_> {
             o_proj: self.linear(&format!("{p}.self_attn.o_proj"), q_out, h, a.o_bias)?,
             q_norm: self.optional_norm(a.qk_norm, &format!("{p}.self_attn.q_norm"), hd)?,
             k_norm: self.optional_norm(a.qk_norm, &format!("{p}.self_attn.k_norm"), hd)?,
-            num_heads: a.num_heads,
-            num_kv_heads: a.num_kv_heads,
-            head_dim: hd,
-            scale: a.attention_scale,
-            softcap: a.attn_logit_softcap,
+            core: AttentionCore {
+                num_heads: a.num_heads,
+                num_kv_heads: a.num_kv_heads,
+                head_dim: hd,
+                scale: a.attention_scale,
+                softcap: a.attn_logit_softcap,
+            },
         };
         let inter = a.intermediate_size;
         let mlp = Mlp {
@@ -684,5 +794,82 @@ impl Loader<'_> {
 
     fn optional_norm(&self, present: bool, path: &str, size: usize) -> Result<Option<RmsNorm>> {
         present.then(|| self.norm(path, size)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The written-out attention backward gives the gradients that autograd gives through the composed
+    /// forward pass: grouped heads, a causal mask, with and without a softcap.
+    #[test]
+    fn attention_backward_matches_autograd() {
+        let device = Device::Cpu;
+        let (b, t, heads, kv, d) = (2, 5, 4, 2, 8);
+        let inv_freq = Tensor::new(
+            (0..d / 2)
+                .map(|i| 1.0 / 100f32.powf(2.0 * i as f32 / d as f32))
+                .collect::<Vec<_>>(),
+            &device,
+        )
+        .unwrap();
+        let rope = RopeAngles::new(&inv_freq, 0, t, DType::F32).unwrap();
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, 1, t, t), &device).unwrap();
+        for softcap in [None, Some(2.0)] {
+            let core = AttentionCore {
+                num_heads: heads,
+                num_kv_heads: kv,
+                head_dim: d,
+                scale: 0.3,
+                softcap,
+            };
+            let var = |n| {
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, n, d), &device).unwrap()).unwrap()
+            };
+            let (q, k, v) = (var(heads), var(kv), var(kv));
+            let y = core
+                .forward(
+                    q.as_tensor(),
+                    k.as_tensor(),
+                    v.as_tensor(),
+                    &rope,
+                    Some(&mask),
+                    None,
+                )
+                .unwrap();
+            let dy = Tensor::randn(0f32, 1.0, y.dims(), &device).unwrap();
+            let grads = (y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let (dq, dk, dv) = core
+                .backward(
+                    &q.as_tensor().detach(),
+                    &k.as_tensor().detach(),
+                    &v.as_tensor().detach(),
+                    &dy,
+                    &rope,
+                    Some(&mask),
+                )
+                .unwrap();
+            for (name, var, mine) in [("q", &q, dq), ("k", &k, dk), ("v", &v, dv)] {
+                let expected = grads.get(var.as_tensor()).unwrap();
+                let diff = (expected - mine.unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    diff < 1e-4,
+                    "d{name} differs by {diff} (softcap {softcap:?})"
+                );
+            }
+        }
     }
 }

@@ -124,6 +124,82 @@ pub fn checkpoint(
     fused(x, "checkpoint", forward, move |x, _y, dy| backward(x, dy))
 }
 
+/// A three-input section without parameters whose backward pass is written out: the forward pass keeps
+/// only the inputs and the output, and `backward(a, b, c, dy)` recomputes whatever else it needs.
+/// Attention uses it: its scores and probabilities are `heads × t × t` per sequence, more than all its
+/// other activations together, and computing them again costs a small share of a step. CPU only
+/// (elsewhere `forward` runs as composed ops and keeps what they keep).
+pub fn section3(
+    (a, b, c): (&Tensor, &Tensor, &Tensor),
+    name: &'static str,
+    forward: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    backward: impl Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Grads3> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    let tracked = a.track_op() || b.track_op() || c.track_op();
+    if !tracked || !a.device().is_cpu() {
+        return forward(a, b, c);
+    }
+    let (a, b, c) = (a.contiguous()?, b.contiguous()?, c.contiguous()?);
+    a.apply_op3(
+        &b,
+        &c,
+        Section3 {
+            name,
+            forward: Box::new(forward),
+            backward: Box::new(backward),
+        },
+    )
+}
+
+/// The gradients of a three-input section's inputs.
+pub type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+type Forward3 = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
+type Backward3 = dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Grads3> + Send + Sync;
+
+struct Section3 {
+    name: &'static str,
+    forward: Box<Forward3>,
+    backward: Box<Backward3>,
+}
+
+impl candle_core::CustomOp3 for Section3 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        a_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+        c: &CpuStorage,
+        c_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let input = |s: &CpuStorage, l: &Layout| -> Result<Tensor> {
+            Ok(untracked(Storage::Cpu(cpu_slice(s, l)?), l))
+        };
+        let y = (self.forward)(
+            &input(a, a_layout)?,
+            &input(b, b_layout)?,
+            &input(c, c_layout)?,
+        )?
+        .contiguous()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((cpu_slice(s, layout)?, y.shape().clone())),
+            _ => candle_core::bail!("{}: the section left the CPU", self.name),
+        }
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, c: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Grads3> {
+        let (da, db, dc) = (self.backward)(&a.detach(), &b.detach(), &c.detach(), dy)?;
+        let keep = |g: Option<Tensor>, t: &Tensor| g.filter(|_| t.track_op());
+        Ok((keep(da, a), keep(db, b), keep(dc, c)))
+    }
+}
+
 /// `x · Wᵀ` for a frozen `W` (`x` is `rows × in`): the backward pass gives x its gradient `dy · W` and
 /// spends nothing on W. The forward multiplies the storages directly, so neither x nor the product is
 /// copied (every linear layer runs through here; the generic fused op's two copies cost ~1.4 GB of
@@ -215,6 +291,14 @@ pub fn masked_softmax(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
 /// f32 and returned in `x`'s dtype. With x̂ the normalised input and g = dy ⊙ w:
 /// dx = (g − x̂ · mean(g ⊙ x̂)) / rms. The scale gets no gradient.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.track_op() && super::cpu_ops::applies(x) {
+        return super::cpu_ops::rms_norm(x, weight, eps);
+    }
+    rms_norm_composed(x, weight, eps)
+}
+
+/// [`rms_norm`] from candle's ops, for the devices and dtypes the CPU loops do not serve.
+fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let (w_fwd, w_bwd) = (weight.to_dtype(DType::F32)?, weight.to_dtype(DType::F32)?);
     let forward = move |x: &Tensor| {
         let dtype = x.dtype();
@@ -250,6 +334,14 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// no vocabulary-sized intermediate for the backward pass but the logits themselves:
 /// d logits = (softmax − onehot) · dy.
 pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if logits.track_op() && super::cpu_ops::applies(logits) {
+        return super::cpu_ops::cross_entropy_rows(logits, targets);
+    }
+    cross_entropy_composed(logits, targets)
+}
+
+/// [`cross_entropy_rows`] from candle's ops, for the devices and dtypes the CPU loops do not serve.
+fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (t_fwd, t_bwd) = (targets.unsqueeze(1)?, targets.unsqueeze(1)?);
     fused(
         logits,
@@ -266,40 +358,12 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
             (lse - x.gather(&t_fwd, D::Minus1)?)?.squeeze(1)
         },
         move |x, _y, dy| {
-            if x.device().is_cpu() && x.dtype() == DType::F32 {
-                return cross_entropy_grad_cpu(x, &t_bwd, dy);
-            }
             let probs = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?;
             let dy = dy.unsqueeze(1)?;
             let picked = Tensor::zeros_like(&probs)?.scatter_add(&t_bwd, &dy.neg()?, 1)?;
             probs.broadcast_mul(&dy)? + picked
         },
     )
-}
-
-/// (softmax(x) − onehot(t)) · dy, row by row into one buffer: the logits are the largest tensor of a
-/// step (tokens × vocabulary), and the composed version allocates three more of them.
-fn cross_entropy_grad_cpu(x: &Tensor, targets: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    let (rows, vocab) = x.dims2()?;
-    let x = x.contiguous()?;
-    let logits = x.flatten_all()?.to_vec1::<f32>()?;
-    let targets = targets.flatten_all()?.to_vec1::<u32>()?;
-    let dy = dy.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; rows * vocab];
-    for (r, (row, grad)) in logits.chunks(vocab).zip(out.chunks_mut(vocab)).enumerate() {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for (g, &v) in grad.iter_mut().zip(row) {
-            *g = (v - max).exp();
-            sum += *g;
-        }
-        let scale = dy[r] / sum;
-        grad.iter_mut().for_each(|g| *g *= scale);
-        if let Some(g) = grad.get_mut(targets[r] as usize) {
-            *g -= dy[r];
-        }
-    }
-    Tensor::from_vec(out, (rows, vocab), x.device())
 }
 
 #[cfg(test)]
@@ -367,14 +431,21 @@ mod tests {
     fn cross_entropy_gradient() {
         let x = Tensor::randn(0f32, 3.0, (6, 11), &Device::Cpu).unwrap();
         let t = Tensor::new(&[0u32, 3, 10, 5, 5, 1], &Device::Cpu).unwrap();
-        let t2 = t.clone();
+        let reference = |x: &Tensor, t: &Tensor| {
+            let lp = candle_nn::ops::log_softmax(x, D::Minus1)?;
+            lp.gather(&t.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+        };
+        // The CPU loop (what `cross_entropy_rows` picks here) and the composed version for other devices.
+        let (t1, t2, t3, t4) = (t.clone(), t.clone(), t.clone(), t);
         same_gradients(
             &x,
-            move |x| cross_entropy_rows(x, &t),
-            move |x| {
-                let lp = candle_nn::ops::log_softmax(x, D::Minus1)?;
-                lp.gather(&t2.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
-            },
+            move |x| cross_entropy_rows(x, &t1),
+            move |x| reference(x, &t2),
+        );
+        same_gradients(
+            &x,
+            move |x| cross_entropy_composed(x, &t3),
+            move |x| reference(x, &t4),
         );
     }
 
@@ -392,14 +463,20 @@ mod tests {
     fn rms_gradient() {
         let x = Tensor::randn(0f32, 2.0, (4, 6, 16), &Device::Cpu).unwrap();
         let w = Tensor::randn(1f32, 0.3, 16, &Device::Cpu).unwrap();
-        let w2 = w.clone();
+        let reference = |x: &Tensor, w: &Tensor| {
+            let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+            x.broadcast_div(&(var + 1e-6)?.sqrt()?)?.broadcast_mul(w)
+        };
+        let (w1, w2, w3, w4) = (w.clone(), w.clone(), w.clone(), w);
         same_gradients(
             &x,
-            move |x| rms_norm(x, &w, 1e-6),
-            move |x| {
-                let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-                x.broadcast_div(&(var + 1e-6)?.sqrt()?)?.broadcast_mul(&w2)
-            },
+            move |x| rms_norm(x, &w1, 1e-6),
+            move |x| reference(x, &w2),
+        );
+        same_gradients(
+            &x,
+            move |x| rms_norm_composed(x, &w3, 1e-6),
+            move |x| reference(x, &w4),
         );
     }
 

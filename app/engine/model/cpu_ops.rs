@@ -1,0 +1,367 @@
+//! Training ops written as loops over f32 rows for the CPU, where Loft trains.
+//!
+//! Composed from candle's tensor ops, an RMSNorm backward is ten passes over its input, each into a
+//! fresh buffer, and candle's autograd adds a zeroed buffer and an addition for every one of them. A
+//! loop that reads each row once and writes its result once does the same arithmetic at a fraction of
+//! the memory traffic; rows are spread over rayon's threads, as the matrix multiply's are. Each op here
+//! has a composed twin in [`super::ops`] that other devices and dtypes use, and a unit test that holds
+//! the two to the same gradients.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor,
+};
+use rayon::prelude::*;
+
+/// Whether the loops here serve this tensor: f32 on the CPU.
+pub fn applies(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// The f32 values a contiguous CPU tensor's layout addresses.
+pub fn f32_slice<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(s) => cpu_f32(s, layout, what),
+        _ => candle_core::bail!("the {what} is not on the CPU"),
+    }
+}
+
+/// The f32 values of a contiguous CPU storage under `layout`.
+pub fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets())
+    else {
+        candle_core::bail!("the {what} is not a contiguous f32 tensor");
+    };
+    Ok(&values[start..end])
+}
+
+/// Run `f` on the f32 values of each tensor (made contiguous first).
+fn with_values<R>(tensors: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
+    let tensors = tensors
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let slices = guards
+        .iter()
+        .map(|(s, l)| f32_slice(s, l, "tensor"))
+        .collect::<Result<Vec<_>>>()?;
+    f(&slices)
+}
+
+type Forward1 = dyn Fn(&[f32], &Shape) -> Result<(Vec<f32>, Shape)> + Send + Sync;
+type Backward1 = dyn Fn(&[f32], &[f32], &[f32]) -> Result<Vec<f32>> + Send + Sync;
+type Forward2 = dyn Fn(&[f32], &[f32]) -> Result<Vec<f32>> + Send + Sync;
+type Backward2 = dyn Fn(&[f32], &[f32], &[f32]) -> Result<(Vec<f32>, Vec<f32>)> + Send + Sync;
+
+/// A one-input op whose forward and backward passes are functions of row-major f32 values.
+struct Rows1 {
+    name: &'static str,
+    /// `x` (with its shape) → `y` and its shape.
+    forward: Box<Forward1>,
+    /// `(x, y, dy)` → `dx`.
+    backward: Box<Backward1>,
+}
+
+impl CustomOp1 for Rows1 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_f32(storage, layout, "input")?;
+        let (y, shape) = (self.forward)(x, layout.shape())?;
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dx = with_values(&[x, y, dy], |v| (self.backward)(v[0], v[1], v[2]))?;
+        Tensor::from_vec(dx, x.shape(), x.device()).map(Some)
+    }
+}
+
+/// A two-input op of the same kind: `(a, b)` → `y`, and `(a, b, dy)` → `(da, db)`.
+struct Rows2 {
+    name: &'static str,
+    forward: Box<Forward2>,
+    backward: Box<Backward2>,
+}
+
+impl CustomOp2 for Rows2 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        a_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if a_layout.shape() != b_layout.shape() {
+            candle_core::bail!("{}: the inputs' shapes differ", self.name);
+        }
+        let y = (self.forward)(
+            cpu_f32(a, a_layout, "input")?,
+            cpu_f32(b, b_layout, "input")?,
+        )?;
+        Ok((CpuStorage::F32(y), a_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (da, db) = with_values(&[a, b, dy], |v| (self.backward)(v[0], v[1], v[2]))?;
+        let grad = |g: Vec<f32>, t: &Tensor| -> Result<Option<Tensor>> {
+            if !t.track_op() {
+                return Ok(None);
+            }
+            Tensor::from_vec(g, t.shape(), t.device()).map(Some)
+        };
+        Ok((grad(da, a)?, grad(db, b)?))
+    }
+}
+
+/// The output's rows of `width` values, filled in parallel by `f(row_index, row)`.
+fn map_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    out.par_chunks_mut(width.max(1))
+        .enumerate()
+        .for_each(|(r, row)| f(r, row));
+}
+
+/// RMSNorm with a frozen scale: `y = w ⊙ x / rms(x)`, `rms = sqrt(mean(x²) + eps)`; with x̂ = x / rms
+/// and g = dy ⊙ w, `dx = (g − x̂ · mean(g ⊙ x̂)) / rms`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let width = x.dim(candle_core::D::Minus1)?;
+    let w: Arc<Vec<f32>> = Arc::new(weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?);
+    if w.len() != width {
+        candle_core::bail!("rms-norm: {} weights for rows of {width}", w.len());
+    }
+    let inv_rms = move |row: &[f32]| {
+        let mean = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        1.0 / (mean + eps as f32).sqrt()
+    };
+    let w_f = w.clone();
+    let forward = move |x: &[f32], shape: &Shape| {
+        let mut y = vec![0f32; x.len()];
+        map_rows(&mut y, width, |r, out| {
+            let row = &x[r * width..(r + 1) * width];
+            let s = inv_rms(row);
+            for ((o, v), w) in out.iter_mut().zip(row).zip(w_f.iter()) {
+                *o = v * s * w;
+            }
+        });
+        Ok((y, shape.clone()))
+    };
+    let backward = move |x: &[f32], _y: &[f32], dy: &[f32]| {
+        let mut dx = vec![0f32; x.len()];
+        map_rows(&mut dx, width, |r, out| {
+            let (row, d) = (
+                &x[r * width..(r + 1) * width],
+                &dy[r * width..(r + 1) * width],
+            );
+            let s = inv_rms(row);
+            let mean = row
+                .iter()
+                .zip(d)
+                .zip(w.iter())
+                .map(|((v, d), w)| d * w * v * s)
+                .sum::<f32>()
+                / width as f32;
+            for (((o, v), d), w) in out.iter_mut().zip(row).zip(d).zip(w.iter()) {
+                *o = (d * w - v * s * mean) * s;
+            }
+        });
+        Ok(dx)
+    };
+    x.contiguous()?.apply_op1(Rows1 {
+        name: "rms-norm",
+        forward: Box::new(forward),
+        backward: Box::new(backward),
+    })
+}
+
+/// The gated MLP's activation: `act(gate) ⊙ up`, with SiLU or tanh-approximated GELU.
+pub fn gated(gate: &Tensor, up: &Tensor, gelu: bool) -> Result<Tensor> {
+    let act = move |g: f32| if gelu { gelu_tanh(g) } else { silu(g) };
+    let forward =
+        move |g: &[f32], u: &[f32]| Ok(g.par_iter().zip(u).map(|(g, u)| act(*g) * u).collect());
+    let backward = move |g: &[f32], u: &[f32], dy: &[f32]| {
+        let (dg, du) = g
+            .par_iter()
+            .zip(u)
+            .zip(dy)
+            .map(|((g, u), d)| {
+                let (a, da) = if gelu {
+                    gelu_tanh_grad(*g)
+                } else {
+                    silu_grad(*g)
+                };
+                (d * u * da, d * a)
+            })
+            .unzip();
+        Ok((dg, du))
+    };
+    gate.contiguous()?.apply_op2(
+        &up.contiguous()?,
+        Rows2 {
+            name: "gated-activation",
+            forward: Box::new(forward),
+            backward: Box::new(backward),
+        },
+    )
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// SiLU and its derivative σ(x)·(1 + x·(1 − σ(x))).
+fn silu_grad(x: f32) -> (f32, f32) {
+    let s = 1.0 / (1.0 + (-x).exp());
+    (x * s, s * (1.0 + x * (1.0 - s)))
+}
+
+const GELU_C: f32 = 0.797_884_6; // √(2/π)
+
+fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (GELU_C * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// GELU (tanh approximation) and its derivative.
+fn gelu_tanh_grad(x: f32) -> (f32, f32) {
+    let t = (GELU_C * (x + 0.044715 * x * x * x)).tanh();
+    let value = 0.5 * x * (1.0 + t);
+    let grad = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * 0.044715 * x * x);
+    (value, grad)
+}
+
+/// Per-row negative log-likelihood of `targets (n)` under `logits (n, vocab)`: `lse(row) − row[target]`,
+/// and `d logits = (softmax − onehot) · dy`. Each row's log-sum-exp is kept from the forward pass, so
+/// each pass reads the logits once and the backward pass writes the gradient once.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (rows, vocab) = logits.dims2()?;
+    let targets: Arc<Vec<u32>> = Arc::new(targets.flatten_all()?.to_vec1()?);
+    if targets.len() != rows {
+        candle_core::bail!("cross-entropy: {} targets for {rows} rows", targets.len());
+    }
+    if let Some(t) = targets.iter().find(|t| **t as usize >= vocab) {
+        candle_core::bail!("cross-entropy: target {t} is outside the vocabulary of {vocab}");
+    }
+    let lse_kept: Arc<Mutex<Vec<f32>>> = Arc::default();
+    let (t_f, lse_f) = (targets.clone(), lse_kept.clone());
+    let forward = move |x: &[f32], _shape: &Shape| {
+        let lse: Vec<f32> = x.par_chunks(vocab).map(log_sum_exp).collect();
+        let nll = lse
+            .iter()
+            .enumerate()
+            .map(|(r, l)| l - x[r * vocab + t_f[r] as usize])
+            .collect();
+        *lse_f.lock().unwrap_or_else(|e| e.into_inner()) = lse;
+        Ok((nll, Shape::from(rows)))
+    };
+    let backward = move |x: &[f32], _y: &[f32], dy: &[f32]| {
+        let mut lse = lse_kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if lse.len() != rows {
+            lse = x.par_chunks(vocab).map(log_sum_exp).collect();
+        }
+        let mut dx = vec![0f32; x.len()];
+        map_rows(&mut dx, vocab, |r, out| {
+            let row = &x[r * vocab..(r + 1) * vocab];
+            for (o, v) in out.iter_mut().zip(row) {
+                *o = (v - lse[r]).exp() * dy[r];
+            }
+            out[targets[r] as usize] -= dy[r];
+        });
+        Ok(dx)
+    };
+    logits.contiguous()?.apply_op1(Rows1 {
+        name: "cross-entropy",
+        forward: Box::new(forward),
+        backward: Box::new(backward),
+    })
+}
+
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(p: &Tensor, q: &Tensor) -> f32 {
+        (p - q)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The gated activation's output and both gradients equal autograd's through candle's own silu and
+    /// gelu (tanh) ops. (RMSNorm and cross-entropy are held to their composed twins in `ops`' tests,
+    /// which reach these loops for tracked f32 CPU tensors.)
+    #[test]
+    fn gated_activation_matches_autograd() {
+        let device = Device::Cpu;
+        for gelu in [false, true] {
+            let g = Var::from_tensor(&Tensor::randn(0f32, 2.0, (4, 9), &device).unwrap()).unwrap();
+            let u = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 9), &device).unwrap()).unwrap();
+            let weights = Tensor::randn(0f32, 1.0, (4, 9), &device).unwrap();
+            let mine = gated(g.as_tensor(), u.as_tensor(), gelu).unwrap();
+            let act = if gelu {
+                g.as_tensor().gelu().unwrap()
+            } else {
+                candle_nn::ops::silu(g.as_tensor()).unwrap()
+            };
+            let reference = (act * u.as_tensor()).unwrap();
+            assert!(max_diff(&mine, &reference) < 1e-5, "forward (gelu: {gelu})");
+            let g1 = (mine * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (reference * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [("gate", &g), ("up", &u)] {
+                let d = max_diff(
+                    g1.get(v.as_tensor()).unwrap(),
+                    g2.get(v.as_tensor()).unwrap(),
+                );
+                assert!(d < 1e-4, "d{name} differs by {d} (gelu: {gelu})");
+            }
+        }
+    }
+
+    /// A target outside the vocabulary is an error, not a panic or a read out of bounds.
+    #[test]
+    fn cross_entropy_refuses_targets_outside_the_vocabulary() {
+        let device = Device::Cpu;
+        let logits =
+            Var::from_tensor(&Tensor::zeros((2, 5), DType::F32, &device).unwrap()).unwrap();
+        let targets = Tensor::new(&[1u32, 5], &device).unwrap();
+        let err = cross_entropy_rows(logits.as_tensor(), &targets).unwrap_err();
+        assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    }
+}
