@@ -67,10 +67,15 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let ids = Tensor::from_vec(ids, (args.batch, args.seq), &device)?;
     let mask = Tensor::ones((args.batch, args.seq), DType::F32, &device)?;
     let mut times = Vec::new();
+    // Forward and backward seconds of each step, to show where a step's time goes.
+    let mut phases = Vec::new();
     for _ in 0..args.steps {
         let start = Instant::now();
         let (loss, _) = masked_lm_loss(&model, &ids, &mask)?;
+        let forward = start.elapsed().as_secs_f64();
         let grads = loss.backward()?;
+        drop(loss);
+        phases.push((forward, start.elapsed().as_secs_f64() - forward));
         let grads: Vec<Tensor> = opt
             .params()
             .iter()
@@ -90,8 +95,12 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         &times[..]
     };
     let per_step = steady.iter().sum::<f64>() / steady.len() as f64;
+    let skip = usize::from(phases.len() > 1);
+    let mean = |f: fn(&(f64, f64)) -> f64| {
+        phases[skip..].iter().map(f).sum::<f64>() / (phases.len() - skip) as f64
+    };
     println!(
-        "loft{}  {}x{} tokens, r={}: {per_step:.2} s/step, {:.0} tokens/s, peak RSS {:.2} GB ({})",
+        "loft{}  {}x{} tokens, r={}: {per_step:.2} s/step (forward {:.2}, backward {:.2}), {:.0} tokens/s, peak RSS {:.2} GB ({})",
         if args.gradient_checkpointing {
             " (ckpt)"
         } else {
@@ -100,6 +109,8 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         args.batch,
         args.seq,
         args.rank,
+        mean(|p| p.0),
+        mean(|p| p.1),
         n as f64 / per_step,
         peak_rss() as f64 / 1e9,
         device::describe(&device)

@@ -36,6 +36,149 @@ pub fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Resu
     Ok(&values[start..end])
 }
 
+/// A matrix operand over a slice: `rows × cols` with arbitrary row and column strides (so a transposed
+/// view, or one head's columns of a wider row-major matrix, needs no copy).
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    values: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// `values` as stored: `rows × cols`, row-major.
+    pub fn new(values: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::strided(values, rows, cols, cols)
+    }
+
+    /// `rows × cols` starting at `values[0]`, rows `row_stride` apart, columns adjacent.
+    pub fn strided(values: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        Mat {
+            values,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The transposed view.
+    pub fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Whether every element the view addresses lies inside its slice.
+    fn fits(&self) -> bool {
+        self.rows * self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.values.len()
+    }
+}
+
+/// Where a product's result goes: `rows × cols` in `values`, rows `row_stride` apart.
+pub struct Dst<'a> {
+    pub values: &'a mut [f32],
+    pub row_stride: usize,
+}
+
+impl<'a> From<&'a mut Vec<f32>> for Dst<'a> {
+    fn from(values: &'a mut Vec<f32>) -> Self {
+        values.as_mut_slice().into()
+    }
+}
+
+impl<'a> From<&'a mut [f32]> for Dst<'a> {
+    fn from(values: &'a mut [f32]) -> Self {
+        Dst {
+            values,
+            row_stride: 0,
+        }
+    }
+}
+
+/// `dst = beta · lhs · rhs`, or `dst += beta · lhs · rhs` when `accumulate`, on all of rayon's threads.
+/// A plain `&mut [f32]` destination is dense `lhs.rows × rhs.cols`. Panics where the shapes do not fit
+/// the buffers (a bug, never input).
+pub fn matmul<'a>(dst: impl Into<Dst<'a>>, lhs: Mat, rhs: Mat, beta: f32, accumulate: bool) {
+    let threads = candle_core::utils::get_num_threads();
+    gemm_with(dst.into(), lhs, rhs, beta, accumulate, threads);
+}
+
+/// [`matmul`] on the calling thread only: for the many small products of per-head attention, which
+/// run in parallel with each other.
+pub fn matmul_here<'a>(dst: impl Into<Dst<'a>>, lhs: Mat, rhs: Mat, beta: f32, accumulate: bool) {
+    gemm_with(dst.into(), lhs, rhs, beta, accumulate, 1);
+}
+
+fn gemm_with(dst: Dst, lhs: Mat, rhs: Mat, beta: f32, accumulate: bool, threads: usize) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let row_stride = if dst.row_stride == 0 {
+        n
+    } else {
+        dst.row_stride
+    };
+    assert_eq!(rhs.rows, k, "matmul: inner dimensions differ");
+    assert!(lhs.fits() && rhs.fits(), "matmul: operand too small");
+    assert!(
+        m * n == 0 || (m - 1) * row_stride + n <= dst.values.len(),
+        "matmul: destination too small"
+    );
+    assert!(row_stride >= n, "matmul: destination rows overlap");
+    if m * n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst.values[r * row_stride..r * row_stride + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every index gemm computes from these strides inside the slices,
+    // and `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.values.as_mut_ptr(),
+            1,
+            row_stride as isize,
+            accumulate,
+            lhs.values.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.values.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
 /// Run `f` on the f32 values of each tensor (made contiguous first).
 fn with_values<R>(tensors: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
     let tensors = tensors

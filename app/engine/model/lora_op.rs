@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::cpu_ops::{cpu_f32, f32_slice};
+use super::cpu_ops::{cpu_f32, f32_slice, matmul, Mat};
 use super::lora::LoraAdapter;
 
 /// Whether [`lora_linear`] handles this input and weight.
@@ -91,23 +91,23 @@ impl CustomOp3 for LoraMatmul {
         let mut down = vec![0f32; rows * rank];
         matmul(
             &mut down,
-            Mat::rows(xd, rows, inp),
-            Mat::t(a, rank, inp),
+            Mat::new(xd, rows, inp),
+            Mat::new(a, rank, inp).t(),
             self.scale,
             false,
         );
         let mut y = vec![0f32; rows * out];
         matmul(
             &mut y,
-            Mat::rows(x, rows, inp),
-            Mat::t(w, out, inp),
+            Mat::new(x, rows, inp),
+            Mat::new(w, out, inp).t(),
             1.0,
             false,
         );
         matmul(
             &mut y,
-            Mat::rows(&down, rows, rank),
-            Mat::t(b, out, rank),
+            Mat::new(&down, rows, rank),
+            Mat::new(b, out, rank).t(),
             1.0,
             true,
         );
@@ -146,8 +146,8 @@ impl CustomOp3 for LoraMatmul {
                 let mut down = vec![0f32; rows * rank];
                 matmul(
                     &mut down,
-                    Mat::rows(xd, rows, inp),
-                    Mat::t(a, rank, inp),
+                    Mat::new(xd, rows, inp),
+                    Mat::new(a, rank, inp).t(),
                     self.scale,
                     false,
                 );
@@ -158,8 +158,8 @@ impl CustomOp3 for LoraMatmul {
         let mut db = vec![0f32; out * rank];
         matmul(
             &mut db,
-            Mat::t(dy, rows, out),
-            Mat::rows(&down, rows, rank),
+            Mat::new(dy, rows, out).t(),
+            Mat::new(&down, rows, rank),
             1.0,
             false,
         );
@@ -167,16 +167,16 @@ impl CustomOp3 for LoraMatmul {
         let mut d_down = vec![0f32; rows * rank];
         matmul(
             &mut d_down,
-            Mat::rows(dy, rows, out),
-            Mat::rows(b, out, rank),
+            Mat::new(dy, rows, out),
+            Mat::new(b, out, rank),
             self.scale,
             false,
         );
         let mut da = vec![0f32; rank * inp];
         matmul(
             &mut da,
-            Mat::t(&d_down, rows, rank),
-            Mat::rows(xd, rows, inp),
+            Mat::new(&d_down, rows, rank).t(),
+            Mat::new(xd, rows, inp),
             1.0,
             false,
         );
@@ -185,16 +185,16 @@ impl CustomOp3 for LoraMatmul {
             let mut dx = vec![0f32; rows * inp];
             matmul(
                 &mut dx,
-                Mat::rows(dy, rows, out),
-                Mat::rows(w, out, inp),
+                Mat::new(dy, rows, out),
+                Mat::new(w, out, inp),
                 1.0,
                 false,
             );
             match &self.dropout {
                 None => matmul(
                     &mut dx,
-                    Mat::rows(&d_down, rows, rank),
-                    Mat::rows(a, rank, inp),
+                    Mat::new(&d_down, rows, rank),
+                    Mat::new(a, rank, inp),
                     1.0,
                     true,
                 ),
@@ -202,8 +202,8 @@ impl CustomOp3 for LoraMatmul {
                     let mut through = vec![0f32; rows * inp];
                     matmul(
                         &mut through,
-                        Mat::rows(&d_down, rows, rank),
-                        Mat::rows(a, rank, inp),
+                        Mat::new(&d_down, rows, rank),
+                        Mat::new(a, rank, inp),
                         1.0,
                         false,
                     );
@@ -223,97 +223,6 @@ impl CustomOp3 for LoraMatmul {
             Some(Tensor::from_vec(da, (rank, inp), device)?),
             Some(Tensor::from_vec(db, (out, rank), device)?),
         ))
-    }
-}
-
-/// A row-major matrix operand, possibly read transposed.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    values: &'a [f32],
-    /// Rows and columns of the operand as the product sees it.
-    rows: usize,
-    cols: usize,
-    /// Strides between rows and between columns of that view.
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> Mat<'a> {
-    /// `values` as stored: `rows × cols`, row-major.
-    fn rows(values: &'a [f32], rows: usize, cols: usize) -> Self {
-        Mat {
-            values,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose of a stored `rows × cols` row-major matrix (a `cols × rows` view).
-    fn t(values: &'a [f32], rows: usize, cols: usize) -> Self {
-        Mat {
-            values,
-            rows: cols,
-            cols: rows,
-            row_stride: 1,
-            col_stride: cols,
-        }
-    }
-}
-
-/// `dst = beta · lhs · rhs`, or `dst += beta · lhs · rhs` when `accumulate`; `dst` is row-major
-/// `lhs.rows × rhs.cols`. Panics where the shapes do not fit the buffers (a bug, never input).
-fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, beta: f32, accumulate: bool) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert_eq!(rhs.rows, k, "matmul: inner dimensions differ");
-    assert_eq!(dst.len(), m * n, "matmul: destination size");
-    for mat in [lhs, rhs] {
-        let last = (mat.rows.max(1) - 1) * mat.row_stride + (mat.cols.max(1) - 1) * mat.col_stride;
-        assert!(
-            mat.rows * mat.cols == 0 || last < mat.values.len(),
-            "matmul: operand too small"
-        );
-    }
-    if m * n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return;
-    }
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above keep every index gemm computes from these strides inside the slices,
-    // and `dst` is borrowed mutably, so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.values.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.values.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            parallelism,
-        )
     }
 }
 

@@ -5,6 +5,7 @@
 //! attention, SwiGLU/GeGLU MLP; Gemma 3 adds q/k norms, sandwich norms, scaled embeddings and
 //! sliding-window layers with their own rope base.
 
+mod cpu_attention;
 mod cpu_ops;
 pub mod linear;
 pub mod lora;
@@ -14,7 +15,7 @@ pub mod ops;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Module, Tensor, TensorId, Var, D};
+use candle_core::{DType, Device, Module, Tensor, TensorId, Var};
 
 pub use linear::LoraLinear;
 pub use lora::{DropoutKey, LoraAdapter, LoraConfig};
@@ -76,11 +77,6 @@ impl RopeAngles {
     fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         ops::rope(x, &self.cos, &self.sin)
     }
-
-    /// The inverse rotation (rope by −angle): the gradient of [`Self::apply`].
-    fn apply_inverse(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::rotary_emb::rope(x, &self.cos, &self.sin.neg()?)
-    }
 }
 
 struct Attention {
@@ -115,23 +111,17 @@ impl Attention {
         let v = heads(&self.v_proj, self.core.num_kv_heads, &None)?;
         let y = match cache {
             Some(cache) => self.core.forward(&q, &k, &v, rope, mask, Some(cache))?,
-            None => {
-                let (core, rope_f, mask_f) = (self.core, rope.clone(), mask.cloned());
-                let (rope_b, mask_b) = (rope.clone(), mask.cloned());
-                ops::section3(
-                    (&q, &k, &v),
-                    "attention",
-                    move |q, k, v| core.forward(q, k, v, &rope_f, mask_f.as_ref(), None),
-                    move |q, k, v, dy| core.backward(q, k, v, dy, &rope_b, mask_b.as_ref()),
-                )?
+            None if cpu_ops::applies(&q) && (q.track_op() || k.track_op() || v.track_op()) => {
+                cpu_attention::attention(&q, &k, &v, self.core.heads(), &rope.cos, &rope.sin, mask)?
             }
+            None => self.core.forward(&q, &k, &v, rope, mask, None)?,
         };
         self.o_proj.forward(&y)
     }
 }
 
-/// Scaled dot-product attention over projected heads, without parameters (so that training can
-/// recompute it rather than keep its `t × t` scores).
+/// Scaled dot-product attention over projected heads (no parameters), as composed tensor ops; training
+/// on the CPU uses [`cpu_attention`], which computes the same function.
 #[derive(Clone, Copy)]
 struct AttentionCore {
     num_heads: usize,
@@ -177,62 +167,14 @@ impl AttentionCore {
         y.reshape((b, t, self.num_heads * self.head_dim))
     }
 
-    /// The gradients of [`Self::forward`]'s inputs (no cache), recomputing the scores and probabilities
-    /// from `q` and `k`. With s the scale, S = s·q̃k̃ᵀ (softcapped: c·tanh(S/c)), P = softmax(S + mask),
-    /// O = P·V: dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dq̃ = s·dS·K, dk̃ = s·dSᵀ·q̃;
-    /// the keys' and values' gradients sum over the query heads that share them, and rope's gradient is
-    /// the inverse rotation. All in f32.
-    fn backward(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        dy: &Tensor,
-        rope: &RopeAngles,
-        mask: Option<&Tensor>,
-    ) -> candle_core::Result<ops::Grads3> {
-        let (b, t, heads, d) = q.dims4()?;
-        let kv = self.num_kv_heads;
-        let groups = heads / kv;
-        let q = (rope.apply(&q.transpose(1, 2)?.contiguous()?)? * self.scale)?;
-        let k = repeat_kv(&rope.apply(&k.transpose(1, 2)?.contiguous()?)?, groups)?;
-        let v = repeat_kv(&v.transpose(1, 2)?.contiguous()?, groups)?;
-        let raw = q.matmul(&k.t()?)?;
-        let scores = match self.softcap {
-            Some(cap) => ((&raw / cap)?.tanh()? * cap)?,
-            None => raw.clone(),
-        };
-        let probs = match mask {
-            Some(m) => candle_nn::ops::softmax_last_dim(&scores.broadcast_add(m)?)?,
-            None => candle_nn::ops::softmax_last_dim(&scores)?,
-        };
-        let d_out = dy
-            .reshape((b, t, heads, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let dv = probs.t()?.matmul(&d_out)?;
-        let dp = d_out.matmul(&v.t()?)?;
-        let row = (&dp * &probs)?.sum_keepdim(D::Minus1)?;
-        let mut ds = (probs * dp.broadcast_sub(&row)?)?;
-        if let Some(cap) = self.softcap {
-            let tanh = (raw / cap)?.tanh()?;
-            ds = (ds * (1.0 - tanh.sqr()?)?)?;
+    fn heads(&self) -> cpu_attention::Heads {
+        cpu_attention::Heads {
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            scale: self.scale as f32,
+            softcap: self.softcap.map(|c| c as f32),
         }
-        let dq = (ds.matmul(&k)? * self.scale)?;
-        let dk = ds.t()?.matmul(&q)?;
-        // Back from the shared heads: sum each group's gradient, undo the rotation, restore the layout.
-        let per_kv = |g: Tensor| -> candle_core::Result<Tensor> {
-            if groups == 1 {
-                return Ok(g);
-            }
-            g.reshape((b, kv, groups, t, d))?.sum(2)
-        };
-        let to_input = |g: Tensor| g.transpose(1, 2)?.contiguous();
-        Ok((
-            Some(to_input(rope.apply_inverse(&dq.contiguous()?)?)?),
-            Some(to_input(rope.apply_inverse(&per_kv(dk)?.contiguous()?)?)?),
-            Some(to_input(per_kv(dv)?)?),
-        ))
     }
 }
 
@@ -801,10 +743,10 @@ impl Loader<'_> {
 mod tests {
     use super::*;
 
-    /// The written-out attention backward gives the gradients that autograd gives through the composed
-    /// forward pass: grouped heads, a causal mask, with and without a softcap.
+    /// The CPU attention kernel gives the output and the q, k, v gradients that autograd gives through
+    /// the composed ops: grouped heads, a causal mask, with and without a softcap.
     #[test]
-    fn attention_backward_matches_autograd() {
+    fn cpu_attention_matches_the_composed_ops() {
         let device = Device::Cpu;
         let (b, t, heads, kv, d) = (2, 5, 4, 2, 8);
         let inv_freq = Tensor::new(
@@ -819,6 +761,18 @@ mod tests {
             .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
         let mask = Tensor::from_vec(mask, (1, 1, t, t), &device).unwrap();
+        let max_diff = |p: &Tensor, q: &Tensor| -> f32 {
+            (p - q)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
         for softcap in [None, Some(2.0)] {
             let core = AttentionCore {
                 num_heads: heads,
@@ -827,44 +781,53 @@ mod tests {
                 scale: 0.3,
                 softcap,
             };
-            let var = |n| {
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, n, d), &device).unwrap()).unwrap()
-            };
-            let (q, k, v) = (var(heads), var(kv), var(kv));
-            let y = core
+            let input = |n| Tensor::randn(0f32, 1.0, (b, t, n, d), &device).unwrap();
+            let (q0, k0, v0) = (input(heads), input(kv), input(kv));
+            let vars = |x: &Tensor| Var::from_tensor(x).unwrap();
+            let (q1, k1, v1) = (vars(&q0), vars(&k0), vars(&v0));
+            let (q2, k2, v2) = (vars(&q0), vars(&k0), vars(&v0));
+            let composed = core
                 .forward(
-                    q.as_tensor(),
-                    k.as_tensor(),
-                    v.as_tensor(),
+                    q1.as_tensor(),
+                    k1.as_tensor(),
+                    v1.as_tensor(),
                     &rope,
                     Some(&mask),
                     None,
                 )
                 .unwrap();
-            let dy = Tensor::randn(0f32, 1.0, y.dims(), &device).unwrap();
-            let grads = (y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let (dq, dk, dv) = core
-                .backward(
-                    &q.as_tensor().detach(),
-                    &k.as_tensor().detach(),
-                    &v.as_tensor().detach(),
-                    &dy,
-                    &rope,
-                    Some(&mask),
-                )
+            let kernel = cpu_attention::attention(
+                q2.as_tensor(),
+                k2.as_tensor(),
+                v2.as_tensor(),
+                core.heads(),
+                &rope.cos,
+                &rope.sin,
+                Some(&mask),
+            )
+            .unwrap();
+            assert!(
+                max_diff(&composed, &kernel) < 1e-5,
+                "forward (softcap {softcap:?})"
+            );
+            let dy = Tensor::randn(0f32, 1.0, composed.dims(), &device).unwrap();
+            let g1 = (composed * &dy)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
                 .unwrap();
-            for (name, var, mine) in [("q", &q, dq), ("k", &k, dk), ("v", &v, dv)] {
-                let expected = grads.get(var.as_tensor()).unwrap();
-                let diff = (expected - mine.unwrap())
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+            let g2 = (kernel * &dy)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, a, b) in [("q", &q1, &q2), ("k", &k1, &k2), ("v", &v1, &v2)] {
+                let diff = max_diff(
+                    g1.get(a.as_tensor()).unwrap(),
+                    g2.get(b.as_tensor()).unwrap(),
+                );
                 assert!(
                     diff < 1e-4,
                     "d{name} differs by {diff} (softcap {softcap:?})"
