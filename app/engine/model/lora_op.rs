@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::cpu_ops::{cpu_f32, f32_slice, matmul, Mat};
+use super::cpu_ops::{cpu_f32, f32_slice, matmul, matmul_here, Mat};
 use super::lora::LoraAdapter;
 
 /// Whether [`lora_linear`] handles this input and weight.
@@ -45,6 +45,17 @@ struct LoraMatmul {
     dropout: Option<(LoraAdapter, u64)>,
     /// `s · dropout(x) · Aᵀ` (`rows × r`) from the forward pass, for B's gradient.
     down: Mutex<Option<Vec<f32>>>,
+}
+
+/// A copy of the row-major `rows × cols` matrix `m`, transposed.
+fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for (r, row) in m.chunks(cols).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            t[c * rows + r] = *v;
+        }
+    }
+    t
 }
 
 impl LoraMatmul {
@@ -154,31 +165,28 @@ impl CustomOp3 for LoraMatmul {
                 down
             }
         };
-        // dB = dyᵀ · down
-        let mut db = vec![0f32; out * rank];
-        matmul(
-            &mut db,
-            Mat::new(dy, rows, out).t(),
-            Mat::new(&down, rows, rank),
-            1.0,
-            false,
-        );
-        // d(down) = s · dy · B, then dA = d(down)ᵀ · dropout(x)
-        let mut d_down = vec![0f32; rows * rank];
-        matmul(
-            &mut d_down,
-            Mat::new(dy, rows, out),
-            Mat::new(b, out, rank),
-            self.scale,
-            false,
-        );
-        let mut da = vec![0f32; rank * inp];
-        matmul(
-            &mut da,
-            Mat::new(&d_down, rows, rank).t(),
-            Mat::new(xd, rows, inp),
-            1.0,
-            false,
+        // The adapter's gradients are thin products (r = 16 columns or rows) that keep two threads busy
+        // poorly each, so the two independent chains run side by side on one thread each:
+        // dB = dyᵀ · down, and d(down) = s · dy · B followed by dA = d(down)ᵀ · dropout(x).
+        let (db, (d_down, da)) = rayon::join(
+            || {
+                // dBᵀ = downᵀ · dy, with downᵀ copied out (it is small) so the product reads rows.
+                let mut db_t = vec![0f32; rank * out];
+                let down_t = transposed(&down, rows, rank);
+                let (down_t, dy) = (Mat::new(&down_t, rank, rows), Mat::new(dy, rows, out));
+                matmul_here(&mut db_t, down_t, dy, 1.0, false);
+                transposed(&db_t, rank, out)
+            },
+            || {
+                let mut d_down = vec![0f32; rows * rank];
+                let (dy_m, b_m) = (Mat::new(dy, rows, out), Mat::new(b, out, rank));
+                matmul_here(&mut d_down, dy_m, b_m, self.scale, false);
+                let mut da = vec![0f32; rank * inp];
+                let d_down_t = transposed(&d_down, rows, rank);
+                let (dd, xd_m) = (Mat::new(&d_down_t, rank, rows), Mat::new(xd, rows, inp));
+                matmul_here(&mut da, dd, xd_m, 1.0, false);
+                (d_down, da)
+            },
         );
 
         let dx = if x_t.track_op() {
