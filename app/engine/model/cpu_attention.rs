@@ -29,18 +29,18 @@ pub struct Heads {
     pub softcap: Option<f32>,
 }
 
-/// Attention over `q (b, t, heads, d)` and `k`, `v (b, t, kv_heads, d)`, with rope angles `cos`/`sin`
-/// `(t, d/2)` and an additive mask `(1, 1, t, t)` (or none); returns `(b, t, heads · d)`.
+/// Attention for `batch` sequences of `t` positions over `q` (`b·t × heads·d`, or the same values as
+/// `(b, t, heads, d)`) and `k`, `v` (`kv_heads` of them), with an additive mask `(1, 1, t, t)` (or
+/// none); returns `(b·t, heads · d)`.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    (batch, t): (usize, usize),
     heads: Heads,
-    cos: &Tensor,
-    sin: &Tensor,
+    rope: &super::RopeAngles,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let (_, t, _, _) = q.dims4()?;
     let mask = match mask {
         Some(m) => {
             if m.dims() != [1, 1, t, t] {
@@ -52,8 +52,10 @@ pub fn attention(
     };
     let plan = Plan {
         heads,
-        cos: cos.flatten_all()?.to_vec1()?,
-        sin: sin.flatten_all()?.to_vec1()?,
+        batch,
+        t,
+        cos: rope.cos.flatten_all()?.to_vec1()?,
+        sin: rope.sin.flatten_all()?.to_vec1()?,
         mask,
     };
     if plan.cos.len() != t * heads.head_dim / 2 {
@@ -68,6 +70,8 @@ pub fn attention(
 
 struct Plan {
     heads: Heads,
+    batch: usize,
+    t: usize,
     /// `(t, d/2)` row-major.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -86,21 +90,24 @@ struct Dims {
 }
 
 impl Dims {
-    fn of(q: &Shape, k: &Shape, v: &Shape, h: &Heads) -> Result<Dims> {
-        let (batch, t, heads, d) = q.dims4()?;
-        let kv_dims = k.dims4()?;
-        if heads != h.num_heads
-            || d != h.head_dim
-            || kv_dims != (batch, t, h.num_kv_heads, d)
-            || v.dims4()? != kv_dims
-            || heads % h.num_kv_heads != 0
+    fn of(plan: &Plan, q: &Shape, k: &Shape, v: &Shape) -> Result<Dims> {
+        let h = &plan.heads;
+        let (batch, t, d) = (plan.batch, plan.t, h.head_dim);
+        let (q_len, kv_len) = (batch * t * h.num_heads * d, batch * t * h.num_kv_heads * d);
+        if q.elem_count() != q_len
+            || k.elem_count() != kv_len
+            || v.elem_count() != kv_len
+            || h.num_kv_heads == 0
+            || !h.num_heads.is_multiple_of(h.num_kv_heads)
         {
-            candle_core::bail!("attention: shapes q {q:?}, k {k:?}, v {v:?} do not fit {h:?}");
+            candle_core::bail!(
+                "attention: shapes q {q:?}, k {k:?}, v {v:?} do not fit {batch} × {t} positions of {h:?}"
+            );
         }
         Ok(Dims {
             batch,
             t,
-            heads,
+            heads: h.num_heads,
             kv: h.num_kv_heads,
             d,
         })
@@ -205,12 +212,7 @@ impl CustomOp3 for AttentionOp {
         v_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let plan = &self.0;
-        let dims = Dims::of(
-            q_layout.shape(),
-            k_layout.shape(),
-            v_layout.shape(),
-            &plan.heads,
-        )?;
+        let dims = Dims::of(plan, q_layout.shape(), k_layout.shape(), v_layout.shape())?;
         let (q, k, v) = (
             cpu_f32(q, q_layout, "q")?,
             cpu_f32(k, k_layout, "k")?,
@@ -252,7 +254,7 @@ impl CustomOp3 for AttentionOp {
                 out[start..start + d].copy_from_slice(row);
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((batch, t, heads * d))))
+        Ok((CpuStorage::F32(out), Shape::from((batch * t, heads * d))))
     }
 
     fn bwd(
@@ -264,7 +266,7 @@ impl CustomOp3 for AttentionOp {
         dy_t: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let plan = &self.0;
-        let dims = Dims::of(q_t.shape(), k_t.shape(), v_t.shape(), &plan.heads)?;
+        let dims = Dims::of(plan, q_t.shape(), k_t.shape(), v_t.shape())?;
         let dy_t = dy_t.contiguous()?;
         let (qs, ql) = q_t.storage_and_layout();
         let (ks, kl) = k_t.storage_and_layout();

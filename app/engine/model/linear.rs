@@ -40,25 +40,37 @@ impl LoraLinear {
 impl Module for LoraLinear {
     /// `x · Wᵀ (+ b) (+ LoRA)` over the last dimension of `x` (any number of leading dimensions).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() == 2 {
+            return self.forward_rows(x);
+        }
+        // Any other rank goes through the rows form and back; each reshape is a graph node, which is
+        // why the decoder hands over its hidden states as rows already.
         let dims = x.dims().to_vec();
         let (lead, features) = dims.split_at(dims.len() - 1);
         let rows: usize = lead.iter().product();
-        let flat = x.reshape((rows, features[0]))?;
+        let y = self.forward_rows(&x.reshape((rows, features[0]))?)?;
+        let mut out_dims = lead.to_vec();
+        out_dims.push(self.out_features());
+        y.reshape(out_dims)
+    }
+}
+
+impl LoraLinear {
+    /// `x · Wᵀ (+ b) (+ LoRA)` for `x` of shape `(rows, in)`.
+    fn forward_rows(&self, flat: &Tensor) -> Result<Tensor> {
         let mut y = match &self.adapter {
-            Some(adapter) if lora_op::applies(&flat, &self.weight) => {
-                lora_op::lora_linear(&flat, &self.weight, adapter)?
+            Some(adapter) if lora_op::applies(flat, &self.weight) => {
+                lora_op::lora_linear(flat, &self.weight, adapter)?
             }
             Some(adapter) => {
-                (super::ops::frozen_matmul(&flat, &self.weight)?
-                    + adapter.forward(&flat)?.to_dtype(self.weight.dtype())?)?
+                (super::ops::frozen_matmul(flat, &self.weight)?
+                    + adapter.forward(flat)?.to_dtype(self.weight.dtype())?)?
             }
-            None => super::ops::frozen_matmul(&flat, &self.weight)?,
+            None => super::ops::frozen_matmul(flat, &self.weight)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
-        let mut out_dims = lead.to_vec();
-        out_dims.push(self.out_features());
-        y.reshape(out_dims)
+        Ok(y)
     }
 }

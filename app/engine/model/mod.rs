@@ -90,31 +90,45 @@ struct Attention {
 }
 
 impl Attention {
+    /// `x` is `(b·t, hidden)`: the decoder keeps its hidden states flat, so that no reshape (a node
+    /// of the graph, with a gradient buffer of its own in the backward pass) sits around every
+    /// projection. Returns `(b·t, hidden)`.
     fn forward(
         &self,
         x: &Tensor,
+        (b, t): (usize, usize),
         rope: &RopeAngles,
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let head_dim = self.core.head_dim;
-        let heads = |proj: &LoraLinear, n: usize, norm: &Option<RmsNorm>| {
-            let y = proj.forward(x)?.reshape((b, t, n, head_dim))?;
+        let core = &self.core;
+        let (q, k, v) = (
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        );
+        let tracked = q.track_op() || k.track_op() || v.track_op();
+        if cache.is_none() && tracked && cpu_ops::applies(&q) && self.q_norm.is_none() {
+            let y = cpu_attention::attention(&q, &k, &v, (b, t), core.heads(), rope, mask)?;
+            return self.o_proj.forward(&y);
+        }
+        let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| {
+            let y = y.reshape((b, t, n, core.head_dim))?;
             match norm {
                 Some(norm) => norm.forward(&y),
                 None => Ok(y),
             }
         };
-        let q = heads(&self.q_proj, self.core.num_heads, &self.q_norm)?;
-        let k = heads(&self.k_proj, self.core.num_kv_heads, &self.k_norm)?;
-        let v = heads(&self.v_proj, self.core.num_kv_heads, &None)?;
+        let q = heads(q, core.num_heads, &self.q_norm)?;
+        let k = heads(k, core.num_kv_heads, &self.k_norm)?;
+        let v = heads(v, core.num_kv_heads, &None)?;
         let y = match cache {
-            Some(cache) => self.core.forward(&q, &k, &v, rope, mask, Some(cache))?,
-            None if cpu_ops::applies(&q) && (q.track_op() || k.track_op() || v.track_op()) => {
-                cpu_attention::attention(&q, &k, &v, self.core.heads(), &rope.cos, &rope.sin, mask)?
+            None if tracked && cpu_ops::applies(&q) => {
+                cpu_attention::attention(&q, &k, &v, (b, t), core.heads(), rope, mask)?
             }
-            None => self.core.forward(&q, &k, &v, rope, mask, None)?,
+            cache => core
+                .forward(&q, &k, &v, rope, mask, cache)?
+                .reshape((b * t, core.num_heads * core.head_dim))?,
         };
         self.o_proj.forward(&y)
     }
@@ -238,16 +252,18 @@ impl Layer {
         ]
     }
 
+    /// `x` is `(b·t, hidden)`, as in [`Attention::forward`].
     fn forward(
         &self,
         x: &Tensor,
+        bt: (usize, usize),
         rope: &RopeAngles,
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
         let mut h = self
             .attn
-            .forward(&self.input_norm.forward(x)?, rope, mask, cache)?;
+            .forward(&self.input_norm.forward(x)?, bt, rope, mask, cache)?;
         if let Some(norm) = &self.post_attn_norm {
             h = norm.forward(&h)?;
         }
@@ -484,11 +500,8 @@ impl Model {
         mut cache: Option<&mut KvCache>,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-            b,
-            t,
-            self.arch.hidden_size,
-        ))?;
+        // `(b·t, hidden)` through the layers; see Attention::forward.
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
         if let Some(scale) = self.arch.embedding_scale {
             x = (x * scale)?;
         }
@@ -514,15 +527,17 @@ impl Model {
                     if i == 0 {
                         x = x.broadcast_add(cp.anchor.as_tensor())?;
                     }
-                    checkpointed(layer, &x, rope, mask, &cp.grads)?
+                    checkpointed(layer, &x, (b, t), rope, mask, &cp.grads)?
                 }
                 _ => {
                     let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-                    layer.forward(&x, rope, mask, layer_cache)?
+                    layer.forward(&x, (b, t), rope, mask, layer_cache)?
                 }
             };
         }
-        self.norm.forward(&x)
+        self.norm
+            .forward(&x)?
+            .reshape((b, t, self.arch.hidden_size))
     }
 
     /// Logits `(b, t, vocab)` in f32.
@@ -594,6 +609,7 @@ impl Model {
 fn checkpointed(
     layer: &Arc<Layer>,
     x: &Tensor,
+    bt: (usize, usize),
     rope: &RopeAngles,
     mask: Option<&Tensor>,
     grads: &Arc<Mutex<HashMap<TensorId, Tensor>>>,
@@ -603,10 +619,10 @@ fn checkpointed(
         (layer.clone(), rope.clone(), mask.cloned(), grads.clone());
     ops::checkpoint(
         x,
-        move |x| fwd_layer.forward(x, &fwd_rope, fwd_mask.as_ref(), None),
+        move |x| fwd_layer.forward(x, bt, &fwd_rope, fwd_mask.as_ref(), None),
         move |x, dy| {
             let input = Var::from_tensor(x)?;
-            let y = bwd_layer.forward(input.as_tensor(), &bwd_rope, bwd_mask.as_ref(), None)?;
+            let y = bwd_layer.forward(input.as_tensor(), bt, &bwd_rope, bwd_mask.as_ref(), None)?;
             let store = (y * dy)?.sum_all()?.backward()?;
             let mut grads = grads.lock().unwrap_or_else(|e| e.into_inner());
             for linear in bwd_layer.linears() {
@@ -800,11 +816,13 @@ mod tests {
                 q2.as_tensor(),
                 k2.as_tensor(),
                 v2.as_tensor(),
+                (b, t),
                 core.heads(),
-                &rope.cos,
-                &rope.sin,
+                &rope,
                 Some(&mask),
             )
+            .unwrap()
+            .reshape(composed.dims())
             .unwrap();
             assert!(
                 max_diff(&composed, &kernel) < 1e-5,
