@@ -442,20 +442,8 @@ fn log_sum_exp(row: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::model::ops::max_abs_diff as max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(p: &Tensor, q: &Tensor) -> f32 {
-        (p - q)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// The gated activation's output and both gradients equal autograd's through candle's own silu and
     /// gelu (tanh) ops. (RMSNorm and cross-entropy are held to their composed twins in `ops`' tests,

@@ -59,6 +59,15 @@ fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 impl LoraMatmul {
+    /// `s · dropout(x) · Aᵀ`, `rows × r`, from the dropped input `xd`.
+    fn down(&self, xd: &[f32], a: &[f32], rows: usize, rank: usize) -> Vec<f32> {
+        let mut down = vec![0f32; rows * rank];
+        let inp = xd.len() / rows.max(1);
+        let (xd, a_t) = (Mat::new(xd, rows, inp), Mat::new(a, rank, inp).t());
+        matmul(&mut down, xd, a_t, self.scale, false);
+        down
+    }
+
     /// `x ⊙ mask` when this layer drops out, else `None` (use `x` itself).
     fn dropped(&self, x: &[f32]) -> Option<Vec<f32>> {
         let (adapter, key) = self.dropout.as_ref()?;
@@ -99,14 +108,7 @@ impl CustomOp3 for LoraMatmul {
         }
         let dropped = self.dropped(x);
         let xd = dropped.as_deref().unwrap_or(x);
-        let mut down = vec![0f32; rows * rank];
-        matmul(
-            &mut down,
-            Mat::new(xd, rows, inp),
-            Mat::new(a, rank, inp).t(),
-            self.scale,
-            false,
-        );
+        let down = self.down(xd, a, rows, rank);
         let mut y = vec![0f32; rows * out];
         matmul(
             &mut y,
@@ -153,17 +155,7 @@ impl CustomOp3 for LoraMatmul {
 
         let down = match self.down.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some(down) => down,
-            None => {
-                let mut down = vec![0f32; rows * rank];
-                matmul(
-                    &mut down,
-                    Mat::new(xd, rows, inp),
-                    Mat::new(a, rank, inp).t(),
-                    self.scale,
-                    false,
-                );
-                down
-            }
+            None => self.down(xd, a, rows, rank),
         };
         // The adapter's gradients are thin products (r = 16 columns or rows) that keep two threads busy
         // poorly each, so the two independent chains run side by side on one thread each:
@@ -238,20 +230,8 @@ impl CustomOp3 for LoraMatmul {
 mod tests {
     use super::*;
     use crate::engine::model::lora::{DropoutKey, LoraConfig};
+    use crate::engine::model::ops::max_abs_diff as max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(p: &Tensor, q: &Tensor) -> f32 {
-        (p - q)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// The fused op and the composed ops agree on the output and on the gradients of x, A and B,
     /// with and without dropout.

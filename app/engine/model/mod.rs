@@ -763,6 +763,7 @@ mod tests {
     /// the composed ops: grouped heads, a causal mask, with and without a softcap.
     #[test]
     fn cpu_attention_matches_the_composed_ops() {
+        use ops::max_abs_diff as max_diff;
         let device = Device::Cpu;
         let (b, t, heads, kv, d) = (2, 5, 4, 2, 8);
         let inv_freq = Tensor::new(
@@ -777,18 +778,6 @@ mod tests {
             .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
         let mask = Tensor::from_vec(mask, (1, 1, t, t), &device).unwrap();
-        let max_diff = |p: &Tensor, q: &Tensor| -> f32 {
-            (p - q)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
         for softcap in [None, Some(2.0)] {
             let core = AttentionCore {
                 num_heads: heads,

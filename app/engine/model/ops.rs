@@ -290,6 +290,14 @@ fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     )
 }
 
+/// The largest absolute difference between two tensors of one shape (for tests).
+#[cfg(test)]
+pub fn max_abs_diff(p: &Tensor, q: &Tensor) -> f32 {
+    (p - q)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar())
+        .expect("tensors of one shape")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,19 +314,7 @@ mod tests {
         let ya = op(a.as_tensor()).unwrap();
         let yb = reference(b.as_tensor()).unwrap();
         let weights = Tensor::randn(0f32, 1.0, ya.dims(), &Device::Cpu).unwrap();
-        let diff = |p: &Tensor, q: &Tensor| -> f32 {
-            (p - q)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(diff(&ya, &yb) < 1e-5, "forward differs");
+        assert!(max_abs_diff(&ya, &yb) < 1e-5, "forward differs");
         let ga = (ya * &weights)
             .unwrap()
             .sum_all()
@@ -335,7 +331,11 @@ mod tests {
             ga.get(a.as_tensor()).unwrap(),
             gb.get(b.as_tensor()).unwrap(),
         );
-        assert!(diff(ga, gb) < 1e-4, "gradient differs by {}", diff(ga, gb));
+        assert!(
+            max_abs_diff(ga, gb) < 1e-4,
+            "gradient differs by {}",
+            max_abs_diff(ga, gb)
+        );
     }
 
     #[test]
