@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod loss;
+pub mod memory;
 pub mod optim;
 pub mod prepare;
 pub mod run;

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::config::TrainConfig;
 use super::loss::masked_lm_loss;
+use super::memory::{self, StepMemory};
 use super::optim::{clip_grad_norm, AdamW};
 use super::run::{RunDir, OPTIMIZER_STATE, TRAINER_STATE};
 use crate::engine::adapter::{self, peft_key};
@@ -278,6 +279,26 @@ impl Trainer {
         })
     }
 
+    /// On the CPU, whether the largest micro-batch cannot fit in the memory free now (see
+    /// [`super::memory`]); on a GPU, running out is an error the backend reports, so it is not guessed.
+    fn memory_problem(&self, trainable: u64) -> Option<(String, String)> {
+        if !self.job.model.device().is_cpu() {
+            return None;
+        }
+        let c = &self.job.config;
+        let longest = self.job.train.iter().map(|e| e.ids.len()).max()?;
+        let rows = c.micro_batch_size.min(self.job.train.len());
+        let tokens = rows * longest;
+        let need = StepMemory::estimate(
+            &self.job.model.arch,
+            tokens,
+            trainable,
+            c.gradient_checkpointing,
+        );
+        let available = memory::available_memory()?;
+        memory::does_not_fit(&need, available, rows, longest, c.gradient_checkpointing)
+    }
+
     fn send(&self, event: TrainEvent) {
         let _ = self.events.send(event);
     }
@@ -289,6 +310,10 @@ impl Trainer {
             .adapters()
             .map(|(_, a)| a.parameter_count())
             .sum();
+        if let Some((reason, advice)) = self.memory_problem(trainable as u64) {
+            self.send(TrainEvent::Failed { reason, advice });
+            return Ok(());
+        }
         self.send(TrainEvent::Started {
             run_dir: self.job.run.path.clone(),
             total_steps: self.total_steps,
