@@ -233,58 +233,88 @@ mod tests {
     use crate::engine::model::ops::max_abs_diff as max_diff;
     use candle_core::{Device, Var};
 
+    /// Where the fused op and the composed ops disagree for a `rows × inp` input, an `out × inp`
+    /// weight and rank `r`, if anywhere: the output, or the gradient of x, A or B.
+    fn lora_mismatch(
+        rows: usize,
+        inp: usize,
+        out: usize,
+        r: usize,
+        dropout: f64,
+    ) -> Option<String> {
+        let device = Device::Cpu;
+        let config = LoraConfig {
+            r,
+            alpha: 2.0 * r as f64,
+            dropout,
+            ..LoraConfig::default()
+        };
+        let key = DropoutKey::default();
+        let mut adapter =
+            LoraAdapter::init(&config, inp, out, 2, 11, key.clone(), &device).unwrap();
+        // A non-zero B, so every gradient path carries signal.
+        adapter.b =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (out, r), &device).unwrap()).unwrap();
+        key.set(Some(42));
+        let w = Tensor::randn(0f32, 1.0, (out, inp), &device).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, inp), &device).unwrap()).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, (rows, out), &device).unwrap();
+
+        let fused = lora_linear(x.as_tensor(), &w, &adapter).unwrap();
+        let composed = (x.as_tensor().matmul(&w.t().unwrap()).unwrap()
+            + adapter.forward(x.as_tensor()).unwrap())
+        .unwrap();
+        let forward = max_diff(&fused, &composed);
+        if forward >= 1e-5 {
+            return Some(format!("the output differs by {forward}"));
+        }
+        let g1 = (fused * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (composed * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, t) in [
+            ("x", x.as_tensor()),
+            ("A", adapter.a.as_tensor()),
+            ("B", adapter.b.as_tensor()),
+        ] {
+            let d = max_diff(g1.get(t).unwrap(), g2.get(t).unwrap());
+            if d >= 1e-4 {
+                return Some(format!("the gradient of {name} differs by {d}"));
+            }
+        }
+        None
+    }
+
     /// The fused op and the composed ops agree on the output and on the gradients of x, A and B,
     /// with and without dropout.
     #[test]
     fn matches_the_composed_layer() {
-        let device = Device::Cpu;
         for dropout in [0.0, 0.3] {
-            let config = LoraConfig {
-                r: 3,
-                alpha: 6.0,
-                dropout,
-                ..LoraConfig::default()
-            };
-            let key = DropoutKey::default();
-            let mut adapter =
-                LoraAdapter::init(&config, 7, 5, 2, 11, key.clone(), &device).unwrap();
-            // A non-zero B, so every gradient path carries signal.
-            adapter.b =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (5, 3), &device).unwrap()).unwrap();
-            key.set(Some(42));
-            let w = Tensor::randn(0f32, 1.0, (5, 7), &device).unwrap();
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 7), &device).unwrap()).unwrap();
-            let weights = Tensor::randn(0f32, 1.0, (6, 5), &device).unwrap();
+            assert_eq!(lora_mismatch(6, 7, 5, 3, dropout), None, "p={dropout}");
+        }
+    }
 
-            let fused = lora_linear(x.as_tensor(), &w, &adapter).unwrap();
-            let composed = (x.as_tensor().matmul(&w.t().unwrap()).unwrap()
-                + adapter.forward(x.as_tensor()).unwrap())
-            .unwrap();
-            assert!(
-                max_diff(&fused, &composed) < 1e-5,
-                "forward differs at p={dropout}"
-            );
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
 
-            let g1 = (fused * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (composed * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, t) in [
-                ("x", x.as_tensor()),
-                ("A", adapter.a.as_tensor()),
-                ("B", adapter.b.as_tensor()),
-            ] {
-                let d = max_diff(g1.get(t).unwrap(), g2.get(t).unwrap());
-                assert!(d < 1e-4, "gradient of {name} differs by {d} at p={dropout}");
-            }
+        /// The same over shapes, ranks and dropout rates.
+        #[test]
+        fn matches_over_shapes(
+            rows in 1usize..10,
+            inp in 1usize..13,
+            out in 1usize..13,
+            r in 1usize..6,
+            dropout in proptest::sample::select(vec![0.0, 0.1, 0.5]),
+        ) {
+            proptest::prop_assert_eq!(lora_mismatch(rows, inp, out, r, dropout), None);
         }
     }
 

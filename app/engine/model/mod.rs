@@ -759,87 +759,141 @@ impl Loader<'_> {
 mod tests {
     use super::*;
 
-    /// The CPU attention kernel gives the output and the q, k, v gradients that autograd gives through
-    /// the composed ops: grouped heads, a causal mask, with and without a softcap.
-    #[test]
-    fn cpu_attention_matches_the_composed_ops() {
-        use ops::max_abs_diff as max_diff;
+    /// One comparison of the CPU attention kernel with autograd through the composed ops: `b`
+    /// sequences of `t` positions, `kv` key/value heads each shared by `groups` query heads, head size
+    /// `d`, an optional softcap, and a causal mask that also blocks keys `window` or more back. Inputs
+    /// come from a seeded generator. Returns what differs, if anything.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_mismatch(
+        b: usize,
+        t: usize,
+        kv: usize,
+        groups: usize,
+        d: usize,
+        softcap: Option<f64>,
+        window: Option<usize>,
+        seed: u64,
+    ) -> Option<String> {
+        use ops::max_abs_diff;
         let device = Device::Cpu;
-        let (b, t, heads, kv, d) = (2, 5, 4, 2, 8);
-        let inv_freq = Tensor::new(
-            (0..d / 2)
-                .map(|i| 1.0 / 100f32.powf(2.0 * i as f32 / d as f32))
-                .collect::<Vec<_>>(),
-            &device,
-        )
-        .unwrap();
-        let rope = RopeAngles::new(&inv_freq, 0, t, DType::F32).unwrap();
+        let heads = kv * groups;
+        let inv_freq: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / 100f32.powf(2.0 * i as f32 / d as f32))
+            .collect();
+        let rope =
+            RopeAngles::new(&Tensor::new(inv_freq, &device).unwrap(), 0, t, DType::F32).unwrap();
+        let blocked = |i: usize, j: usize| j > i || window.is_some_and(|w| i - j >= w);
         let mask: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .flat_map(|i| {
+                (0..t).map(move |j| {
+                    if blocked(i, j) {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
             .collect();
         let mask = Tensor::from_vec(mask, (1, 1, t, t), &device).unwrap();
-        for softcap in [None, Some(2.0)] {
-            let core = AttentionCore {
-                num_heads: heads,
-                num_kv_heads: kv,
-                head_dim: d,
-                scale: 0.3,
-                softcap,
-            };
-            let input = |n| Tensor::randn(0f32, 1.0, (b, t, n, d), &device).unwrap();
-            let (q0, k0, v0) = (input(heads), input(kv), input(kv));
-            let vars = |x: &Tensor| Var::from_tensor(x).unwrap();
-            let (q1, k1, v1) = (vars(&q0), vars(&k0), vars(&v0));
-            let (q2, k2, v2) = (vars(&q0), vars(&k0), vars(&v0));
-            let composed = core
-                .forward(
-                    q1.as_tensor(),
-                    k1.as_tensor(),
-                    v1.as_tensor(),
-                    &rope,
-                    Some(&mask),
-                    None,
-                )
-                .unwrap();
-            let kernel = cpu_attention::attention(
-                q2.as_tensor(),
-                k2.as_tensor(),
-                v2.as_tensor(),
-                (b, t),
-                core.heads(),
+        let core = AttentionCore {
+            num_heads: heads,
+            num_kv_heads: kv,
+            head_dim: d,
+            scale: 0.3,
+            softcap,
+        };
+        let mut rng = crate::engine::rng::SplitMix64::new(seed);
+        let mut values =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.unit() * 4.0 - 2.0) as f32).collect() };
+        let (q0, k0, v0) = (
+            values(b * t * heads * d),
+            values(b * t * kv * d),
+            values(b * t * kv * d),
+        );
+        let dy = Tensor::from_vec(values(b * t * heads * d), (b, t, heads * d), &device).unwrap();
+        let var = |v: &Vec<f32>, n: usize| {
+            Var::from_tensor(&Tensor::from_vec(v.clone(), (b, t, n, d), &device).unwrap()).unwrap()
+        };
+        let (q1, k1, v1) = (var(&q0, heads), var(&k0, kv), var(&v0, kv));
+        let (q2, k2, v2) = (var(&q0, heads), var(&k0, kv), var(&v0, kv));
+        let composed = core
+            .forward(
+                q1.as_tensor(),
+                k1.as_tensor(),
+                v1.as_tensor(),
                 &rope,
                 Some(&mask),
+                None,
             )
-            .unwrap()
-            .reshape(composed.dims())
             .unwrap();
-            assert!(
-                max_diff(&composed, &kernel) < 1e-5,
-                "forward (softcap {softcap:?})"
+        let kernel = cpu_attention::attention(
+            q2.as_tensor(),
+            k2.as_tensor(),
+            v2.as_tensor(),
+            (b, t),
+            core.heads(),
+            &rope,
+            Some(&mask),
+        )
+        .unwrap()
+        .reshape(composed.dims())
+        .unwrap();
+        let forward = max_abs_diff(&composed, &kernel);
+        if forward >= 1e-5 {
+            return Some(format!("the output differs by {forward}"));
+        }
+        let g1 = (composed * &dy)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (kernel * &dy)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, x1, x2) in [("q", &q1, &q2), ("k", &k1, &k2), ("v", &v1, &v2)] {
+            let diff = max_abs_diff(
+                g1.get(x1.as_tensor()).unwrap(),
+                g2.get(x2.as_tensor()).unwrap(),
             );
-            let dy = Tensor::randn(0f32, 1.0, composed.dims(), &device).unwrap();
-            let g1 = (composed * &dy)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (kernel * &dy)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, a, b) in [("q", &q1, &q2), ("k", &k1, &k2), ("v", &v1, &v2)] {
-                let diff = max_diff(
-                    g1.get(a.as_tensor()).unwrap(),
-                    g2.get(b.as_tensor()).unwrap(),
-                );
-                assert!(
-                    diff < 1e-4,
-                    "d{name} differs by {diff} (softcap {softcap:?})"
-                );
+            if diff >= 1e-4 {
+                return Some(format!("d{name} differs by {diff}"));
             }
+        }
+        None
+    }
+
+    /// The CPU attention kernel gives the output and the q, k, v gradients that autograd gives through
+    /// the composed ops: grouped heads and a causal mask, with and without a softcap.
+    #[test]
+    fn cpu_attention_matches_the_composed_ops() {
+        for softcap in [None, Some(2.0)] {
+            let mismatch = attention_mismatch(2, 5, 2, 2, 8, softcap, None, 1);
+            assert_eq!(mismatch, None, "softcap {softcap:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+        /// The same over shapes: one to three sequences, one to twelve positions, grouped or not,
+        /// sliding windows, softcaps.
+        #[test]
+        fn cpu_attention_matches_over_shapes(
+            b in 1usize..4,
+            t in 1usize..13,
+            kv in 1usize..4,
+            groups in 1usize..4,
+            half_d in 1usize..5,
+            softcap in proptest::option::of(1.0f64..5.0),
+            window in proptest::option::of(1usize..6),
+            seed in 0u64..1000,
+        ) {
+            let mismatch = attention_mismatch(b, t, kv, groups, 2 * half_d, softcap, window, seed);
+            proptest::prop_assert_eq!(mismatch, None);
         }
     }
 }
