@@ -197,6 +197,31 @@ fn lora_settings_change_the_trainable_parameter_count() {
     assert_ne!(before, after);
     // 2 layers × (q: 64→64, v: 64→32) × r=4 = 2 × 4 × (128 + 96).
     assert!(after.contains("Trainable parameters: 1,792 "), "{after}");
+
+    // The memory a step needs at the longest batch, growing with the batch's tokens.
+    wait_for(&mut h, "the device probe", |h| {
+        has(h, "Memory at the longest batch")
+    });
+    let activations = |h: &Harness<'static, LoftApp>| -> f64 {
+        let line = text(h, "Memory at the longest batch");
+        let value = line.split("activations ").nth(1).and_then(|rest| {
+            rest.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<f64>().ok())
+        });
+        value.unwrap_or_else(|| panic!("no activations figure in {line:?}"))
+    };
+    h.state_mut().method.config.micro_batch_size = 16;
+    h.state_mut().method.config.max_seq_len = 1024;
+    h.step();
+    let short = activations(&h);
+    h.state_mut().method.config.max_seq_len = 4096;
+    h.step();
+    let long = activations(&h);
+    assert!(
+        short > 0.0 && (long / short - 4.0).abs() < 0.5,
+        "4x the tokens: {long} GB of activations against {short} GB"
+    );
 }
 
 #[test]

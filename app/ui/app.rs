@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data_page::{self, DataPage, EvalChoice};
 use super::jobs::Job;
-use super::method_page::MethodPage;
+use super::method_page::{DeviceInfo, MethodPage};
 use super::model_page::ModelPage;
 use super::runs_page::{self, RunsPage};
 use super::train_page::{self, TrainPage};
@@ -92,7 +92,7 @@ pub struct LoftApp {
     pub train: TrainPage,
     pub runs: RunsPage,
     pub runs_dir: PathBuf,
-    device_job: Option<Job<String>>,
+    device_job: Option<Job<DeviceInfo>>,
     start_job: Option<Job<Result<RunStart, String>>>,
     notice: Option<String>,
     pub frames: FrameStats,
@@ -470,14 +470,19 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-fn describe_device() -> String {
+fn describe_device() -> DeviceInfo {
     let (device, _) = crate::engine::device::best_device();
     let described = crate::engine::device::describe(&device);
-    match crate::engine::device::gpu_summary() {
+    let name = match crate::engine::device::gpu_summary() {
         Some(gpu) if !device.is_cuda() => format!(
             "{described} — an NVIDIA GPU ({gpu}) is present but this build of Loft has no CUDA support; build with --features cuda"
         ),
         _ => described,
+    };
+    DeviceInfo {
+        name,
+        cpu: device.is_cpu(),
+        free_memory: crate::engine::train::memory::available_memory(),
     }
 }
 

@@ -6,14 +6,25 @@ use egui::{DragValue, RichText, Ui};
 use super::widgets::{self, field, BAD};
 use crate::engine::arch::Arch;
 use crate::engine::model::lora::{ALL_LINEAR_TARGETS, ATTENTION_TARGETS};
+use crate::engine::train::memory::{self, StepMemory};
 use crate::engine::train::{Schedule, TrainConfig};
 
 /// Hours of training make a typo expensive: every value is checked as it is typed.
 #[derive(Default)]
 pub struct MethodPage {
     pub config: TrainConfig,
-    /// "CPU (8 threads)" or the GPU's name and memory, filled in by a background probe.
-    pub device: Option<String>,
+    /// What will train, filled in by a background probe.
+    pub device: Option<DeviceInfo>,
+}
+
+/// The device training will use, as the probe found it when the window opened.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// "CPU (8 threads)" or the GPU's name and memory.
+    pub name: String,
+    pub cpu: bool,
+    /// Memory the system could give Loft at the time (MemAvailable).
+    pub free_memory: Option<u64>,
 }
 
 impl MethodPage {
@@ -39,7 +50,9 @@ impl MethodPage {
         );
         ui.label(format!(
             "Device: {}",
-            self.device.as_deref().unwrap_or("detecting…")
+            self.device
+                .as_ref()
+                .map_or("detecting…", |d| d.name.as_str())
         ));
         if let (Some(arch), Some(total)) = (arch, total_parameters) {
             let trainable =
@@ -54,6 +67,7 @@ impl MethodPage {
                 ))
                 .strong(),
             );
+            self.memory_ui(ui, arch, total, trainable);
         } else {
             ui.label(RichText::new("Open a model to see how many parameters will train.").weak());
         }
@@ -64,6 +78,48 @@ impl MethodPage {
         egui::CollapsingHeader::new("Advanced").show(ui, |ui| self.advanced_ui(ui));
         if let Some(e) = self.blocker() {
             ui.colored_label(BAD, format!("Fix this setting: {e}"));
+        }
+    }
+
+    /// On the CPU: what a step at the longest batch (`micro_batch_size × max_seq_len`) needs, by the
+    /// same estimate the trainer checks before its first step, against the memory free.
+    fn memory_ui(&self, ui: &mut Ui, arch: &Arch, total: u64, trainable: u64) {
+        let Some(DeviceInfo {
+            cpu: true,
+            free_memory: Some(free),
+            ..
+        }) = &self.device
+        else {
+            return;
+        };
+        let c = &self.config;
+        let tokens = c.micro_batch_size * c.max_seq_len;
+        let need = StepMemory::estimate(arch, tokens, trainable, c.gradient_checkpointing);
+        let model = total * 4; // f32 weights on the CPU
+        let gb = |b: u64| b as f64 / 1e9;
+        let text = format!(
+            "Memory at the longest batch: about {:.2} GB (model {:.2}, activations {:.2} for {} x {} tokens, logits {:.2}); {:.1} GB free",
+            gb(model + need.total()),
+            gb(model),
+            gb(need.activations),
+            c.micro_batch_size,
+            c.max_seq_len,
+            gb(need.logits),
+            gb(*free),
+        );
+        let fits = memory::does_not_fit(
+            &need,
+            free.saturating_sub(model),
+            c.micro_batch_size,
+            c.max_seq_len,
+            c.gradient_checkpointing,
+        )
+        .is_none();
+        if fits {
+            ui.label(text);
+        } else {
+            ui.colored_label(BAD, text)
+                .on_hover_text("Lower the micro-batch size or max_seq_len, or turn on gradient checkpointing (Advanced). Rows shorter than max_seq_len need less.");
         }
     }
 

@@ -26,7 +26,10 @@ impl StepMemory {
             + 3 * arch.intermediate_size;
         // With checkpointing each layer keeps its input, and one layer at a time is rebuilt in full.
         let kept_layers = match checkpointing {
-            true => (arch.num_layers * arch.hidden_size).div_ceil(per_token_layer) + 1,
+            true => {
+                let inputs = (arch.num_layers * arch.hidden_size).div_ceil(per_token_layer);
+                (inputs + 1).min(arch.num_layers)
+            }
             false => arch.num_layers,
         };
         let f32_bytes = 4u64;
