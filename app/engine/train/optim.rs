@@ -139,34 +139,120 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
 mod tests {
     use super::*;
 
+    /// Six steps of `torch.optim.AdamW` on two parameters, printed by scripts/make_adamw_reference.py:
+    /// weight decay, bias correction, a learning rate that warms up from 0 and decays by cosine as the
+    /// trainer's schedule does, and gradients near 1e-9 where eps dominates the denominator.
     #[test]
     fn matches_torch_adamw_on_a_known_sequence() {
-        // torch.optim.AdamW([p], lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01), p = [1.0, -2.0],
-        // gradients [0.5, 0.5] then [-1.0, 2.0]: p after two steps = [0.8990000, -2.0960000] (computed by hand
-        // from the update rule below, which is torch's).
-        let p = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(vec![("p".into(), p.clone())], (0.9, 0.999), 1e-8, 0.01).unwrap();
-        opt.apply(&[Tensor::new(&[0.5f32, 0.5], &Device::Cpu).unwrap()], 0.1)
-            .unwrap();
-        let after1 = p.as_tensor().to_vec1::<f32>().unwrap();
-        // step 1: m̂ = g, v̂ = g², update = sign(g) · 1 → p·(1 - 0.001) - 0.1
-        assert!((after1[0] - (1.0 * 0.999 - 0.1)).abs() < 1e-6, "{after1:?}");
-        assert!(
-            (after1[1] - (-2.0 * 0.999 - 0.1)).abs() < 1e-6,
-            "{after1:?}"
-        );
-        opt.apply(&[Tensor::new(&[-1.0f32, 2.0], &Device::Cpu).unwrap()], 0.1)
-            .unwrap();
-        let after2 = p.as_tensor().to_vec1::<f32>().unwrap();
-        let by_hand = |p0: f64, g1: f64, g2: f64| {
-            let m = 0.9 * (0.1 * g1) + 0.1 * g2;
-            let v = 0.999 * (0.001 * g1 * g1) + 0.001 * g2 * g2;
-            let (mh, vh) = (m / (1.0 - 0.81), v / (1.0 - 0.999f64.powi(2)));
-            p0 * (1.0 - 0.001) - 0.1 * mh / (vh.sqrt() + 1e-8)
+        // torch 2.15.0: AdamW(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01), f32, lr set each
+        // step by LambdaLR with transformers' cosine-with-warm-up (2 warm-up steps of 6).
+        const LRS: [f64; 6] = [
+            0.0,
+            0.005,
+            0.01,
+            0.008535533905932738,
+            0.005,
+            0.0014644660940672626,
+        ];
+        const P1_AFTER: [[f32; 6]; 6] = [
+            [0.5, -1.25, 2.0, -0.75, 0.125, 1.5],
+            [
+                0.5018055,
+                -1.251768,
+                1.995747,
+                -0.7536832,
+                0.124547124,
+                1.5012567,
+            ],
+            [
+                0.5031222, -1.2568352, 1.9982878, -0.7548485, 0.12151947, 1.4955075,
+            ],
+            [
+                0.4992487, -1.2543912, 1.9989108, -0.7563252, 0.11940093, 1.4940062,
+            ],
+            [
+                0.49794894,
+                -1.2557657,
+                1.9983395,
+                -0.758819,
+                0.118867554,
+                1.4911222,
+            ],
+            [
+                0.49759966,
+                -1.2554433,
+                1.9983485,
+                -0.7587575,
+                0.118663564,
+                1.4901301,
+            ],
+        ];
+        const P2_AFTER: [[f32; 2]; 6] = [
+            [0.25, -0.5],
+            [0.24932854, -0.49938878],
+            [0.24878313, -0.49978837],
+            [0.24750997, -0.4998274],
+            [0.24693024, -0.50003505],
+            [0.24687138, -0.5000311],
+        ];
+        // The inputs the script feeds torch (all exact in f32).
+        const G1: [[f32; 6]; 6] = [
+            [0.5, -0.25, 1.0, 0.0, 2.0, -0.125],
+            [-1.0, 0.5, 0.25, 0.75, -1.5, 0.0625],
+            [0.25, 0.25, -2.0, -0.5, 1.0, 0.5],
+            [2.0, -1.0, 0.5, 0.125, 0.0, -0.25],
+            [-0.5, 1.5, 0.75, 1.0, -0.5, 2.0],
+            [0.0625, -2.0, -0.5, -1.25, 0.25, 1.0],
+        ];
+        const G2: [[f32; 2]; 6] = [
+            [1e-9, -3e-9],
+            [2e-9, 0.0],
+            [-1e-9, 4e-9],
+            [5e-9, -1e-9],
+            [0.0, 2e-9],
+            [-3e-9, -2e-9],
+        ];
+        let schedule = crate::engine::train::TrainConfig {
+            lr: 1e-2,
+            warmup_steps: Some(2),
+            schedule: crate::engine::train::Schedule::Cosine,
+            ..Default::default()
         };
-        assert!((after2[0] as f64 - by_hand(after1[0] as f64, 0.5, -1.0)).abs() < 1e-5);
-        assert!((after2[1] as f64 - by_hand(after1[1] as f64, 0.5, 2.0)).abs() < 1e-5);
-        assert_eq!(opt.step, 2);
+        let dev = Device::Cpu;
+        let p1 = Var::from_tensor(
+            &Tensor::new(&[[0.5f32, -1.25, 2.0], [-0.75, 0.125, 1.5]], &dev).unwrap(),
+        )
+        .unwrap();
+        let p2 = Var::new(&[0.25f32, -0.5], &dev).unwrap();
+        let params = vec![("p1".into(), p1.clone()), ("p2".into(), p2.clone())];
+        let mut opt = AdamW::new(params, (0.9, 0.999), 1e-8, 0.01).unwrap();
+        for step in 0..6 {
+            let lr = schedule.lr_at(step, 6);
+            assert!((lr - LRS[step]).abs() < 1e-15, "step {step}: lr {lr}");
+            let g1 = Tensor::from_slice(&G1[step], (2, 3), &dev).unwrap();
+            let g2 = Tensor::new(&G2[step], &dev).unwrap();
+            opt.apply(&[g1, g2], lr).unwrap();
+            let got1 = p1
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let got2 = p2.as_tensor().to_vec1::<f32>().unwrap();
+            for (got, want) in [
+                (&got1[..], &P1_AFTER[step][..]),
+                (&got2[..], &P2_AFTER[step][..]),
+            ] {
+                for (g, w) in got.iter().zip(want) {
+                    assert!(
+                        (g - w).abs() < 1e-6,
+                        "after step {}: {got:?}, torch {want:?}",
+                        step + 1
+                    );
+                }
+            }
+        }
+        assert_eq!(opt.step, 6);
     }
 
     #[test]
