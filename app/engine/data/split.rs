@@ -177,13 +177,24 @@ mod tests {
         assert!(split_indices(3, &SplitSpec::Count(3), 7).is_err());
     }
 
+    /// A run folder records only the seed, so a seed must mean the same split and batch order forever.
+    /// The literals come from an independent SplitMix64 + Fisher–Yates (scripts/make_split_reference.py).
     #[test]
     fn the_shuffle_is_pinned() {
-        // Pinned so that a seed means the same split forever.
         let mut rng = SplitMix64::new(0);
         assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
-        let (_, eval) = split_indices(10, &SplitSpec::Count(3), 42).unwrap();
-        assert_eq!(eval, split_indices(10, &SplitSpec::Count(3), 42).unwrap().1);
+        let (train, eval) = split_indices(20, &SplitSpec::Count(5), 42).unwrap();
+        assert_eq!(eval, [1, 7, 9, 15, 16]);
+        assert_eq!(train, [0, 2, 3, 4, 5, 6, 8, 10, 11, 12, 13, 14, 17, 18, 19]);
+        // 120 rows in batches of 2: two mega-batches, sorted by length, then the batches shuffled.
+        let lengths: Vec<usize> = (0..120).map(|i| (i * 37) % 11 + 1).collect();
+        let grouped = length_grouped_batches(&lengths, 2, 7);
+        assert_eq!(grouped.batches.len(), 60);
+        assert_eq!(
+            grouped.batches[..6],
+            [[1, 53], [58, 69], [38, 16], [0, 55], [49, 5], [67, 75]]
+        );
+        assert_eq!(grouped.batches[59], [95, 29]);
     }
 
     #[test]
