@@ -11,10 +11,13 @@ What it writes (all under tests/fixtures/, all committed):
   smollm2/                the small files of the Hugging Face folder that transformers makes from the SmolLM2 GGUF
                           (config, tokenizer, tokenizer_config, generation_config, chat template), plus:
   smollm2/reference.json  3 chat prompts: rendered text, prompt ids, greedy 32-token continuation; and a checksum
-                          per weight tensor (sum, sum of squares, first values) so a converted folder can be checked
+                          per weight tensor (sum, sum of squares, first values, and for q/k the first values of
+                          rows that llama.cpp's permutation moves) so a loaded or converted model can be checked
   smollm2/logits.safetensors  transformers' last-token logits for those prompts, f32
 
 Usage: python scripts/make_model_fixtures.py PATH/TO/SmolLM2-135M-Instruct.Q4_1.gguf
+       python scripts/make_model_fixtures.py --weights-only PATH/TO/SmolLM2-135M-Instruct.Q4_1.gguf
+         (rewrites only the weight checksums in smollm2/reference.json)
 Needs: torch, transformers, gguf, safetensors (pip install torch transformers gguf safetensors).
 """
 import json
@@ -155,6 +158,32 @@ def tensor_checksum(t):
     }
 
 
+def weight_checksums(model):
+    """A checksum per weight tensor. Sums and the first values cannot see a permutation of rows, and
+    llama.cpp stores q_proj/k_proj with each head's rows interleaved (row 0 stays, row 1 moves to 2, row
+    head_dim/2 to 1), so the first values of those moved rows are recorded too."""
+    head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+    out = {}
+    for name, p in model.state_dict().items():
+        out[name] = tensor_checksum(p)
+        if name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+            out[name]["rows"] = {str(r): [float(x) for x in p[r, :8].float()] for r in (1, head_dim // 2)}
+    return out
+
+
+def update_weight_checksums(gguf_path):
+    """Rewrite only the weight checksums of smollm2/reference.json (the prompts and logits stay)."""
+    folder, name = os.path.split(os.path.abspath(gguf_path))
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    path = os.path.join(ROOT, "smollm2", "reference.json")
+    with open(path) as f:
+        ref = json.load(f)
+    ref["weights"] = weight_checksums(model)
+    with open(path, "w") as f:
+        json.dump(ref, f, indent=1, ensure_ascii=False)
+    print(f"smollm2/reference.json: weight checksums from transformers {transformers.__version__}")
+
+
 def make_smollm2(gguf_path):
     out = os.path.join(ROOT, "smollm2")
     shutil.rmtree(out, ignore_errors=True)
@@ -192,8 +221,7 @@ def make_smollm2(gguf_path):
             "greedy_text": tok.decode(new, skip_special_tokens=False),
         })
         all_logits[f"prompt{i}"] = logits
-    for pname, p in model.state_dict().items():
-        ref["weights"][pname] = tensor_checksum(p)
+    ref["weights"] = weight_checksums(model)
     ref["rope_theta"] = rope_theta_of(model.config)
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump(ref, f, indent=1, ensure_ascii=False)
@@ -202,8 +230,11 @@ def make_smollm2(gguf_path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
     torch.set_num_threads(os.cpu_count() or 1)
-    make_tiny()
-    make_smollm2(sys.argv[1])
+    if len(sys.argv) == 3 and sys.argv[1] == "--weights-only":
+        update_weight_checksums(sys.argv[2])
+    elif len(sys.argv) == 2:
+        make_tiny()
+        make_smollm2(sys.argv[1])
+    else:
+        sys.exit(__doc__)

@@ -1,5 +1,6 @@
 //! The real SmolLM2-135M-Instruct, from its GGUF and from a Hugging Face folder: Loft's tokens,
-//! last-token logits and greedy answers match transformers (fixtures by scripts/make_model_fixtures.py).
+//! last-token logits, greedy answers and dequantized weights match transformers (fixtures by
+//! scripts/make_model_fixtures.py).
 
 mod support;
 
@@ -8,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{Device, Tensor};
 use loft::engine::chat::{ChatMessage, TemplateOrigin};
 use loft::engine::generate::{generate, Sampling};
+use loft::engine::gguf::GgufModel;
 use loft::engine::model::LoadOptions;
 use loft::engine::source::{self, LoadedModel, ModelFiles, ModelSource};
 
@@ -105,6 +107,10 @@ fn gguf_matches_transformers() {
     assert_eq!((info.vocab_size, info.context_length), (49152, 8192));
     assert_eq!(info.chat_template, TemplateOrigin::Model);
     assert_eq!(info.dtype.as_deref(), Some("Q4_1"));
+    let model = GgufModel::open(&gguf).unwrap();
+    assert_weights_match_transformers("gguf", |name| {
+        model.contains(name).then(|| model.tensor(name).unwrap())
+    });
     let loaded = source::load(&files, &LoadOptions::default()).unwrap();
     assert!(
         loaded.stop_tokens.contains(&2),
@@ -117,16 +123,31 @@ fn gguf_matches_transformers() {
 #[test]
 fn hf_folder_matches_transformers() {
     let folder = support::smollm2_hf_folder();
-    let reference = support::smollm2_reference();
     // The folder's weights are Loft's dequantisation of the GGUF: check them against transformers' own.
     let weights =
         candle_core::safetensors::load(folder.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_weights_match_transformers("hf folder", |name| weights.get(name).cloned());
+    let files = ModelFiles::from_folder(&folder).unwrap();
+    let loaded = source::load(&files, &LoadOptions::default()).unwrap();
+    check_against_transformers(&loaded, "hf folder");
+}
+
+/// Every tensor `get` returns (`None`: not stored, allowed only for the tied lm_head) matches the
+/// checksums transformers recorded: sum, sum of squares, first values, and for q/k the first values of
+/// rows that llama.cpp's permutation moves, which sums and first values cannot see.
+fn assert_weights_match_transformers(label: &str, get: impl Fn(&str) -> Option<Tensor>) {
+    let reference = support::smollm2_reference();
+    let to_f32s = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let mut rows_checked = 0;
     for (name, sums) in reference["weights"].as_object().unwrap() {
-        let Some(t) = weights.get(name) else {
-            assert_eq!(
-                name, "lm_head.weight",
-                "tensor {name} missing from the converted folder"
-            );
+        let Some(t) = get(name) else {
+            assert_eq!(name, "lm_head.weight", "{label}: tensor {name} missing");
             continue;
         };
         let flat = t
@@ -139,11 +160,11 @@ fn hf_folder_matches_transformers() {
         let want_sumsq = sums["sumsq"].as_f64().unwrap();
         assert!(
             (sumsq - want_sumsq).abs() <= 1e-6 * want_sumsq.max(1.0),
-            "{name}: sum of squares {sumsq} vs {want_sumsq}"
+            "{label}: {name}: sum of squares {sumsq} vs {want_sumsq}"
         );
         assert!(
             (sum - sums["sum"].as_f64().unwrap()).abs() <= 1e-6 * want_sumsq.max(1.0),
-            "{name}: sum {sum}"
+            "{label}: {name}: sum {sum}"
         );
         let head = flat
             .narrow(0, 0, 4)
@@ -152,20 +173,38 @@ fn hf_folder_matches_transformers() {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let want_head: Vec<f32> = sums["head"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
         assert_eq!(
-            head, want_head,
-            "{name}: first values differ (q/k permutation?)"
+            head,
+            to_f32s(&sums["head"]),
+            "{label}: {name}: first values differ"
         );
+        let Some(rows) = sums.get("rows").and_then(|r| r.as_object()) else {
+            continue;
+        };
+        for (row, want) in rows {
+            let got = t
+                .get(row.parse::<usize>().unwrap())
+                .unwrap()
+                .narrow(0, 0, 8)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(
+                got,
+                to_f32s(want),
+                "{label}: {name}: row {row} differs from transformers' (q/k rows not unpermuted?)"
+            );
+            rows_checked += 1;
+        }
     }
-    let files = ModelFiles::from_folder(&folder).unwrap();
-    let loaded = source::load(&files, &LoadOptions::default()).unwrap();
-    check_against_transformers(&loaded, "hf folder");
+    // SmolLM2 has 30 layers: two rows each of q_proj and k_proj.
+    assert_eq!(
+        rows_checked,
+        30 * 2 * 2,
+        "{label}: reference.json lacks q/k rows"
+    );
 }
 
 fn offline_resolve() -> source::Resolve<'static> {
