@@ -217,16 +217,14 @@ mod tests {
     }
 
     #[test]
-    fn dropout_is_seeded_scaled_and_off_in_eval() {
+    fn dropout_masks_are_seeded_and_scaled() {
         let config = LoraConfig {
             r: 2,
             dropout: 0.5,
             ..LoraConfig::default()
         };
-        let key = DropoutKey::default();
-        let ad = LoraAdapter::init(&config, 1000, 1, 0, 1, key.clone(), &Device::Cpu).unwrap();
-        let ones = Tensor::ones((1, 1000), DType::F32, &Device::Cpu).unwrap();
-        key.set(Some(5));
+        let ad =
+            LoraAdapter::init(&config, 1000, 1, 0, 1, DropoutKey::default(), &Device::Cpu).unwrap();
         let m1 = ad
             .dropout_mask(&[1, 1000], 5, &Device::Cpu)
             .unwrap()
@@ -241,8 +239,52 @@ mod tests {
         let kept = m1[0].iter().filter(|v| **v == 2.0).count();
         assert!((400..600).contains(&kept), "{kept} of 1000 kept at p=0.5");
         assert!(m1[0].iter().all(|v| *v == 0.0 || *v == 2.0));
+    }
+
+    /// With a non-zero B, evaluation gives exactly `scale·x·Aᵀ·Bᵀ` (no mask, every time), while a
+    /// training pass drops and rescales inputs.
+    #[test]
+    fn dropout_is_off_in_eval_and_on_in_training() {
+        let config = LoraConfig {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.5,
+            ..LoraConfig::default()
+        };
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[1.0f32, 2.0, 0.0, -1.0], [0.5, -1.0, 3.0, 2.0]], &dev).unwrap();
+        let a = Tensor::new(&[[1.0f32, 0.0, 2.0, -1.0], [0.0, 1.0, -1.0, 0.5]], &dev).unwrap();
+        let b = Tensor::new(&[[1.0f32, -1.0], [0.5, 2.0], [-2.0, 0.0]], &dev).unwrap();
+        let key = DropoutKey::default();
+        let ad = LoraAdapter::from_weights(&config, &a, &b, 3, key.clone()).unwrap();
+        // scale 2: x·Aᵀ = [[2, 1.5], [4.5, -3]] → ·2 → ·Bᵀ, worked by hand.
+        let no_dropout = [[1.0f32, 8.0, -8.0], [15.0, -7.5, -18.0]];
         key.set(None);
-        let y_eval = ad.forward(&ones).unwrap();
-        assert_eq!(y_eval.dims(), &[1, 1]);
+        let eval = ad.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(eval, no_dropout);
+        assert_eq!(ad.forward(&x).unwrap().to_vec2::<f32>().unwrap(), eval);
+
+        key.set(Some(5));
+        let train = ad.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert_ne!(train, eval, "training must drop inputs");
+        let mask = ad.dropout_values(8, 5);
+        let (xs, a_rows, b_rows) = (
+            x.to_vec2::<f32>().unwrap(),
+            a.to_vec2::<f32>().unwrap(),
+            b.to_vec2::<f32>().unwrap(),
+        );
+        for (row, got) in train.iter().enumerate() {
+            let dropped: Vec<f32> = (0..4).map(|i| xs[row][i] * mask[row * 4 + i]).collect();
+            let down: Vec<f32> = a_rows
+                .iter()
+                .map(|a| 2.0 * a.iter().zip(&dropped).map(|(a, x)| a * x).sum::<f32>())
+                .collect();
+            for (out, b) in b_rows.iter().enumerate() {
+                let want: f32 = b.iter().zip(&down).map(|(b, d)| b * d).sum();
+                assert!((got[out] - want).abs() < 1e-5, "{train:?} vs mask {mask:?}");
+            }
+        }
+        key.set(None);
+        assert_eq!(ad.forward(&x).unwrap().to_vec2::<f32>().unwrap(), eval);
     }
 }
