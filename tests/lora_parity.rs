@@ -176,76 +176,19 @@ fn mismatched_adapters_are_refused_with_reasons() {
 
 /// An adapter trained by Loft, committed under tests/fixtures/lora/loft-saved/, was loaded by PEFT
 /// (scripts/make_lora_fixtures.py fails on any missing or unexpected key) and its logits recorded; Loft
-/// must give the same logits from the same files. `LOFT_WRITE_FIXTURES=1` retrains and rewrites the adapter
-/// (then run the script again).
+/// must give the same logits from the same files. `LOFT_WRITE_FIXTURES=1` first retrains and rewrites the
+/// adapter: when the files change, PEFT's logits beside them are stale, so the test fails and says to
+/// run the script; otherwise it goes on to check, as without the variable.
 #[test]
 fn loft_trained_adapter_matches_peft_on_the_same_files() {
-    use loft::engine::data::Example;
-    use loft::engine::train::run::{RunDir, RunSpec};
-    use loft::engine::train::{TrainConfig, TrainJob};
     let saved = support::fixtures().join("lora/loft-saved/tiny-llama");
     if std::env::var("LOFT_WRITE_FIXTURES").is_ok_and(|v| v == "1") {
-        let runs = tempfile::tempdir().unwrap();
-        let config = TrainConfig {
-            lora: loft::engine::model::LoraConfig {
-                r: 4,
-                alpha: 8.0,
-                dropout: 0.0,
-                ..Default::default()
-            },
-            max_steps: Some(5),
-            micro_batch_size: 2,
-            grad_accum: 1,
-            lr: 1e-2,
-            ..TrainConfig::default()
-        };
-        let spec = RunSpec {
-            name: "fixture".into(),
-            model: "tests/fixtures/tiny/llama".into(),
-            data: "toy".into(),
-            data_sha256: String::new(),
-            eval_data: None,
-            eval_data_sha256: None,
-            eval_split: 0.0,
-            train_on_all_tokens: true,
-            truncate_overlong: false,
-            skip_error_rows: false,
-            created: String::new(),
-            loft_version: String::new(),
-            train: config.clone(),
-        };
-        let run = RunDir::create(runs.path(), &spec).unwrap();
-        let adapter_dir = run.adapter_dir();
-        let train: Vec<Example> = (0..8)
-            .map(|row| Example {
-                row,
-                ids: vec![1, 5 + row as u32, 7, 100, 101, 102],
-                mask: vec![true; 6],
-                truncated: false,
-            })
-            .collect();
-        let job = TrainJob {
-            model: tiny("llama"),
-            train,
-            eval: vec![],
-            config,
-            run,
-            base_model: "tests/fixtures/tiny/llama".into(),
-            resume: false,
-            pad_id: 0,
-        };
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let (_ctx, crx) = std::sync::mpsc::channel();
-        loft::engine::train::trainer::run_blocking(job, tx, crx).unwrap();
-        std::fs::create_dir_all(&saved).unwrap();
-        for f in [adapter::WEIGHTS_FILE, adapter::CONFIG_FILE] {
-            std::fs::copy(adapter_dir.join(f), saved.join(f)).unwrap();
-        }
-        eprintln!(
-            "wrote {}; now run scripts/make_lora_fixtures.py",
+        let changed = retrain_fixture_adapter(&saved);
+        assert!(
+            changed.is_empty(),
+            "LOFT_WRITE_FIXTURES=1 rewrote {changed:?} in {}: run scripts/make_lora_fixtures.py to record PEFT's logits for it, commit both, and run this test again",
             saved.display()
         );
-        return;
     }
     let mut model = tiny("llama");
     adapter::load_peft(&mut model, &saved).unwrap();
@@ -260,6 +203,76 @@ fn loft_trained_adapter_matches_peft_on_the_same_files() {
     // The adapter really changes the model: B is not zero after training.
     let base = tiny("llama").forward(&ids, 0, None).unwrap();
     assert!(max_abs(&base, &peft["logits"]) > 1e-3);
+}
+
+/// Train the fixture adapter again (5 steps on the tiny llama) and write it into `saved`; returns the
+/// files whose bytes changed.
+fn retrain_fixture_adapter(saved: &Path) -> Vec<&'static str> {
+    use loft::engine::data::Example;
+    use loft::engine::train::run::{RunDir, RunSpec};
+    use loft::engine::train::{TrainConfig, TrainJob};
+    let runs = tempfile::tempdir().unwrap();
+    let config = TrainConfig {
+        lora: loft::engine::model::LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            ..Default::default()
+        },
+        max_steps: Some(5),
+        micro_batch_size: 2,
+        grad_accum: 1,
+        lr: 1e-2,
+        ..TrainConfig::default()
+    };
+    let spec = RunSpec {
+        name: "fixture".into(),
+        model: "tests/fixtures/tiny/llama".into(),
+        data: "toy".into(),
+        data_sha256: String::new(),
+        eval_data: None,
+        eval_data_sha256: None,
+        eval_split: 0.0,
+        train_on_all_tokens: true,
+        truncate_overlong: false,
+        skip_error_rows: false,
+        created: String::new(),
+        loft_version: String::new(),
+        train: config.clone(),
+    };
+    let run = RunDir::create(runs.path(), &spec).unwrap();
+    let adapter_dir = run.adapter_dir();
+    let train: Vec<Example> = (0..8)
+        .map(|row| Example {
+            row,
+            ids: vec![1, 5 + row as u32, 7, 100, 101, 102],
+            mask: vec![true; 6],
+            truncated: false,
+        })
+        .collect();
+    let job = TrainJob {
+        model: tiny("llama"),
+        train,
+        eval: vec![],
+        config,
+        run,
+        base_model: "tests/fixtures/tiny/llama".into(),
+        resume: false,
+        pad_id: 0,
+    };
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let (_ctx, crx) = std::sync::mpsc::channel();
+    loft::engine::train::trainer::run_blocking(job, tx, crx).unwrap();
+    std::fs::create_dir_all(saved).unwrap();
+    let mut changed = Vec::new();
+    for f in [adapter::WEIGHTS_FILE, adapter::CONFIG_FILE] {
+        let before = std::fs::read(saved.join(f)).ok();
+        std::fs::copy(adapter_dir.join(f), saved.join(f)).unwrap();
+        if before != Some(std::fs::read(saved.join(f)).unwrap()) {
+            changed.push(f);
+        }
+    }
+    changed
 }
 
 #[test]
