@@ -323,10 +323,7 @@ fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Err
 /// `strftime_now(format)`: the current date and time, in UTC (transformers uses local time; UTC
 /// keeps renders reproducible across machines). Covers the directives templates use.
 fn strftime_now(format: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    strftime(&format, secs)
+    strftime(&format, crate::engine::clock::unix_seconds())
 }
 
 const MONTHS: [&str; 12] = [
@@ -623,11 +620,13 @@ mod tests {
             "{%- endif %}\n",
         ));
         let messages = [ChatMessage::new("system", " Be kind. "), user("Hi ")];
-        let text = t.render(&messages, true).unwrap();
-        let today = strftime_now("%d %b %Y".into());
+        // 2024-07-26 13:05:09 UTC.
+        let text = crate::engine::clock::with_fixed_now(1_721_999_109, || {
+            t.render(&messages, true).unwrap()
+        });
         assert_eq!(
             text,
-            format!("<s><|start_header_id|>system<|end_header_id|>\n\nToday Date: {today}\n\nBe kind.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+            "<s><|start_header_id|>system<|end_header_id|>\n\nToday Date: 26 Jul 2024\n\nBe kind.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
         );
     }
 
