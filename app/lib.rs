@@ -1,4 +1,4 @@
-//! Loft: fine-tune Hugging Face language models with LoRA and QLoRA on your own workstation.
+//! Loft: fine-tune Hugging Face language models with LoRA on your own workstation.
 //!
 //! `engine` is the whole product without pixels; `ui` is the desktop window over it; `cli` is its
 //! scripting face.

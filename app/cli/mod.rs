@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "loft",
     version,
-    about = "Fine-tune Hugging Face language models with LoRA and QLoRA"
+    about = "Fine-tune Hugging Face language models with LoRA on your own workstation"
 )]
 struct Cli {
     #[command(subcommand)]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Assemble Loft.app from a built loft binary.
 #
-#   cargo build --release --features metal     # on a Mac (Metal GPU support)
+#   cargo build --release                      # on a Mac (Loft runs on the CPU there)
 #   packaging/macos/bundle.sh                  # -> target/macos/Loft.app
 #   packaging/macos/bundle.sh path/to/loft     # another binary, e.g. a universal one from lipo
 #
