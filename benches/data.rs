@@ -221,21 +221,13 @@ fn generate(path: &Path, rows: usize) -> std::io::Result<u64> {
     Ok(std::fs::metadata(path)?.len())
 }
 
-/// Peak resident memory of this process so far (VmHWM), in MiB.
+/// Peak resident memory of this process so far, in MiB.
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+    loft::engine::sysmem::peak_resident().map_or(f64::NAN, |b| b as f64 / (1u64 << 20) as f64)
 }
 
-/// Reset VmHWM to the current RSS (Linux), so each phase reports its own peak.
+/// Reset the peak to the current RSS (Linux only), so each phase reports its own peak; elsewhere a
+/// phase reports the peak of the process so far.
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

@@ -118,16 +118,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Peak resident memory of this process (VmHWM), in bytes; 0 where /proc is not available.
+/// Peak resident memory of this process, in bytes; 0 where the system does not say.
 fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-        })
-        .map_or(0, |kb| kb * 1024)
+    crate::engine::sysmem::peak_resident().unwrap_or(0)
 }

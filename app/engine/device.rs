@@ -28,12 +28,9 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
-/// Installed memory of this machine in bytes (Linux: MemTotal of /proc/meminfo), when it can be read.
+/// Installed memory of this machine in bytes, when the system says (Linux, macOS, Windows).
 pub fn system_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    crate::engine::sysmem::installed()
 }
 
 /// The first NVIDIA GPU's name and memory ("NVIDIA H200, 143771 MiB"), asked of nvidia-smi; None when

@@ -16,6 +16,7 @@ pub mod hub;
 pub mod model;
 pub mod rng;
 pub mod source;
+pub mod sysmem;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -74,13 +74,10 @@ pub fn does_not_fit(
     Some((reason, advice))
 }
 
-/// Memory the system can give this process now without swapping (MemAvailable), in bytes; None where
-/// /proc/meminfo is not available.
+/// Memory the system can give this process now without swapping, in bytes (Linux, macOS, Windows);
+/// None where the system does not say, and then the check is skipped.
 pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    crate::engine::sysmem::available()
 }
 
 #[cfg(test)]

@@ -611,14 +611,7 @@ fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     order
 }
 
-/// Resident memory of this process (Linux: /proc/self/statm; elsewhere 0).
+/// Resident memory of this process in bytes (0 where the system does not say).
 pub fn resident_memory() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map_or(0, |pages| pages * 4096)
+    crate::engine::sysmem::resident().unwrap_or(0)
 }
