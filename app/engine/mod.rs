@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod gguf;
 pub mod hub;
+pub mod jinja;
 pub mod model;
 pub mod rng;
 pub mod source;
