@@ -19,6 +19,7 @@ pub mod rng;
 pub mod source;
 pub mod tokenizer;
 pub mod train;
+pub mod units;
 pub mod weights;
 
 pub use error::{ModelError, Result};
