@@ -448,6 +448,22 @@ fn a_hub_that_cannot_be_reached_says_check_the_network() {
     assert!(message.contains("HF_ENDPOINT"), "{message}");
 }
 
+/// Every pickle extension the folder loader refuses is refused by the downloader too (one list).
+#[test]
+fn a_repo_with_only_ckpt_weights_is_refused_as_pickle() {
+    let s = setup();
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("config.json"), CONFIG).unwrap();
+    std::fs::write(repo.path().join("model.ckpt"), b"pickle").unwrap();
+    s.server.add_repo("org/checkpointed", repo.path());
+
+    let result = s.download("org/checkpointed").0;
+    assert!(
+        matches!(&result, Err(ModelError::Pickle { ext, .. }) if ext == ".ckpt"),
+        "{result:?}"
+    );
+}
+
 #[test]
 fn a_repo_with_only_pickle_weights_is_refused() {
     let s = setup();

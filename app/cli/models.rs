@@ -13,6 +13,7 @@ use crate::engine::generate::Sampling;
 use crate::engine::hub::{DownloadEvent, HubOptions};
 use crate::engine::model::LoadOptions;
 use crate::engine::source::{self, ModelFiles, ModelSource, Resolve};
+use crate::engine::units;
 
 #[derive(Args)]
 pub struct ModelArg {
@@ -51,9 +52,9 @@ fn print_download(event: DownloadEvent) {
     let _ = match event {
         DownloadEvent::Bytes { name, done, total } => write!(
             err,
-            "\r  {name}: {:.1} / {:.1} MB   ",
-            done as f64 / 1e6,
-            total as f64 / 1e6
+            "\r  {name}: {} / {}   ",
+            units::bytes(done),
+            units::bytes(total)
         ),
         DownloadEvent::File { name, index, .. } => {
             write!(err, "\ndownloading {} ({name})", index + 1)
@@ -126,9 +127,9 @@ pub fn models(args: ModelsArgs) -> Result<()> {
     }
     for m in &list {
         println!(
-            "{:<50} {:>9.1} MB  {:<12} {}",
+            "{:<50} {:>12}  {:<12} {}",
             m.repo_id,
-            m.size_bytes as f64 / 1e6,
+            units::bytes(m.size_bytes),
             m.model_type.as_deref().unwrap_or("?"),
             &m.revision[..m.revision.len().min(10)],
         );

@@ -190,9 +190,14 @@ fn arch_from_metadata(path: &Path, gguf_arch: &str, content: &Content) -> Result
         path: path.to_path_buf(),
         message: format!("metadata `{k}` is missing or not a number"),
     };
-    let int = |k: &str| -> Option<u64> { md.get(&key(k)).and_then(number) };
+    let value = |k: &str| md.get(&key(k)).and_then(first_of_per_layer);
+    let int = |k: &str| -> Option<u64> {
+        value(k)
+            .and_then(metadata_integer)
+            .and_then(|n| u64::try_from(n).ok())
+    };
     let req = |k: &str| int(k).ok_or_else(|| missing(&key(k)));
-    let float = |k: &str| md.get(&key(k)).and_then(float_value);
+    let float = |k: &str| value(k).and_then(metadata_float);
     let hidden = req("embedding_length")?;
     let heads = req("attention.head_count")?;
     let vocab = match md.get("tokenizer.ggml.tokens") {
@@ -245,28 +250,37 @@ fn arch_from_metadata(path: &Path, gguf_arch: &str, content: &Content) -> Result
     Ok(arch)
 }
 
-fn number(v: &Value) -> Option<u64> {
+/// A metadata integer of any width, when it fits an i64: GGUF writers pick the width freely, so the
+/// same key is a u32 in one file and an i32 or u64 in another. The one reader of GGUF integers.
+pub fn metadata_integer(v: &Value) -> Option<i64> {
     match v {
-        Value::U8(x) => Some(*x as u64),
-        Value::U16(x) => Some(*x as u64),
-        Value::U32(x) => Some(*x as u64),
-        Value::U64(x) => Some(*x),
-        Value::I8(x) => u64::try_from(*x).ok(),
-        Value::I16(x) => u64::try_from(*x).ok(),
-        Value::I32(x) => u64::try_from(*x).ok(),
-        Value::I64(x) => u64::try_from(*x).ok(),
-        // Some converters store per-layer values (e.g. head_count_kv); they are equal in the
-        // models Loft supports, so the first stands for all.
-        Value::Array(items) => items.first().and_then(number),
+        Value::U8(x) => Some(i64::from(*x)),
+        Value::I8(x) => Some(i64::from(*x)),
+        Value::U16(x) => Some(i64::from(*x)),
+        Value::I16(x) => Some(i64::from(*x)),
+        Value::U32(x) => Some(i64::from(*x)),
+        Value::I32(x) => Some(i64::from(*x)),
+        Value::U64(x) => i64::try_from(*x).ok(),
+        Value::I64(x) => Some(*x),
         _ => None,
     }
 }
 
-fn float_value(v: &Value) -> Option<f64> {
+/// A metadata number: a float of either width, or an integer of any width.
+pub fn metadata_float(v: &Value) -> Option<f64> {
     match v {
-        Value::F32(x) => Some(*x as f64),
+        Value::F32(x) => Some(f64::from(*x)),
         Value::F64(x) => Some(*x),
-        other => number(other).map(|n| n as f64),
+        other => metadata_integer(other).map(|i| i as f64),
+    }
+}
+
+/// Some converters store per-layer values (e.g. head_count_kv); they are equal in the models Loft
+/// supports, so the first stands for all.
+fn first_of_per_layer(v: &Value) -> Option<&Value> {
+    match v {
+        Value::Array(items) => items.first(),
+        other => Some(other),
     }
 }
 
@@ -293,6 +307,43 @@ mod tests {
             .unwrap();
         let back = unpermute(&permuted, heads).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
+    }
+
+    /// Integers of every width and sign, floats of both widths, and nothing else, read as numbers.
+    #[test]
+    fn metadata_numbers_of_every_width() {
+        let ints = [
+            Value::U8(7),
+            Value::I8(7),
+            Value::U16(7),
+            Value::I16(7),
+            Value::U32(7),
+            Value::I32(7),
+            Value::U64(7),
+            Value::I64(7),
+        ];
+        for v in &ints {
+            assert_eq!(metadata_integer(v), Some(7), "{v:?}");
+            assert_eq!(metadata_float(v), Some(7.0), "{v:?}");
+        }
+        assert_eq!(metadata_integer(&Value::I32(-3)), Some(-3));
+        assert_eq!(metadata_integer(&Value::U64(u64::MAX)), None);
+        assert_eq!(metadata_float(&Value::F32(0.5)), Some(0.5));
+        assert_eq!(metadata_float(&Value::F64(1e-6)), Some(1e-6));
+        for v in [
+            Value::F32(0.5),
+            Value::String("7".into()),
+            Value::Bool(true),
+        ] {
+            assert_eq!(metadata_integer(&v), None, "{v:?}");
+        }
+        assert_eq!(metadata_float(&Value::String("7".into())), None);
+        let per_layer = Value::Array(vec![Value::I32(4), Value::I32(4)]);
+        assert_eq!(
+            first_of_per_layer(&per_layer).and_then(metadata_integer),
+            Some(4)
+        );
+        assert!(first_of_per_layer(&Value::Array(vec![])).is_none());
     }
 
     #[test]

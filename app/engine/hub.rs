@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::cache;
 use super::error::{read_json, ModelError, Result};
+use super::weights::pickle_extension;
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
@@ -31,7 +32,6 @@ const MODEL_FILES: &[&str] = &[
     "tokenizer.model",
 ];
 const SHARD_INDEX: &str = "model.safetensors.index.json";
-const PICKLE_EXTENSIONS: &[&str] = &["bin", "pt", "pth", "pkl"];
 
 /// Attempts per file; a dropped connection resumes from the partial file on the next attempt.
 const ATTEMPTS: u32 = 4;
@@ -345,14 +345,10 @@ impl Hub {
                 .and_then(|e| e.to_str())
                 .map(str::to_ascii_lowercase)
         };
-        if let Some(ext) = names
-            .iter()
-            .filter_map(|n| ext_of(n))
-            .find(|e| PICKLE_EXTENSIONS.contains(&e.as_str()))
-        {
+        if let Some(ext) = names.iter().find_map(|n| pickle_extension(Path::new(n))) {
             return ModelError::Pickle {
                 path: PathBuf::from(self.repo_url()),
-                ext: format!(".{ext}"),
+                ext,
             };
         }
         if names.iter().any(|n| ext_of(n).as_deref() == Some("gguf")) {

@@ -13,12 +13,14 @@ pub mod fsutil;
 pub mod generate;
 pub mod gguf;
 pub mod hub;
+pub mod jinja;
 pub mod model;
 pub mod rng;
 pub mod source;
 pub mod sysmem;
 pub mod tokenizer;
 pub mod train;
+pub mod units;
 pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -43,9 +43,10 @@ impl ModelSource {
                 let folder = path.parent().unwrap_or(Path::new("."));
                 return Ok(ModelSource::Folder(folder.to_path_buf()));
             }
-            return Err(ModelError::NotFound(format!(
-                "{spec}: not a model; pick a Hugging Face model folder (with config.json) or a .gguf file"
-            )));
+            return Err(ModelError::invalid_input(
+                "model source",
+                format!("{spec}: not a model; pick a Hugging Face model folder (with config.json) or a .gguf file"),
+            ));
         }
         let (repo, revision) = match spec.split_once('@') {
             Some((repo, rev)) if !rev.is_empty() => (repo, Some(rev.to_string())),
@@ -425,4 +426,33 @@ fn generation_stop_tokens(path: Option<&Path>) -> Result<Vec<u32>> {
         Some(v) => v.as_u64().into_iter().collect(),
     };
     Ok(ids.into_iter().map(|id| id as u32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that exists but is not a model is an invalid input, told apart from a path that is
+    /// not there; both keep their advice.
+    #[test]
+    fn a_file_that_is_not_a_model_is_invalid_input_not_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let notes = dir.path().join("notes.txt");
+        std::fs::write(&notes, "hello").unwrap();
+        let err = ModelSource::parse(notes.to_str().unwrap()).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ModelError::InvalidInput {
+                    what: "model source",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().ends_with(": not a model; pick a Hugging Face model folder (with config.json) or a .gguf file"), "{err}");
+        let missing = dir.path().join("nowhere").join("model");
+        let err = ModelSource::parse(missing.to_str().unwrap()).unwrap_err();
+        assert!(matches!(&err, ModelError::NotFound(_)), "{err:?}");
+    }
 }

@@ -26,6 +26,7 @@ use tokenizers::{
 };
 
 use super::error::{ModelError, Result};
+use super::gguf::{metadata_float, metadata_integer};
 
 /// A Hugging Face `tokenizer.json`.
 pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
@@ -60,7 +61,7 @@ impl SpecialTokens {
             .and_then(|v| string_array(v).ok())
             .unwrap_or_default();
         let named = |key: &str| {
-            let id = md.get(key).and_then(integer)?;
+            let id = md.get(key).and_then(metadata_integer)?;
             let id = u32::try_from(id).ok()?;
             Some((tokens.get(id as usize)?.to_string(), id))
         };
@@ -165,7 +166,7 @@ impl Meta<'_> {
             .map_err(|_| self.malformed(key, "a list of numbers"))?;
         items
             .iter()
-            .map(number)
+            .map(metadata_float)
             .collect::<Option<Vec<f64>>>()
             .ok_or_else(|| self.malformed(key, "a list of numbers"))
     }
@@ -200,28 +201,6 @@ fn string_array(v: &Value) -> std::result::Result<Vec<&str>, ()> {
             _ => Err(()),
         })
         .collect()
-}
-
-fn integer(v: &Value) -> Option<i64> {
-    match v {
-        Value::U8(x) => Some(i64::from(*x)),
-        Value::I8(x) => Some(i64::from(*x)),
-        Value::U16(x) => Some(i64::from(*x)),
-        Value::I16(x) => Some(i64::from(*x)),
-        Value::U32(x) => Some(i64::from(*x)),
-        Value::I32(x) => Some(i64::from(*x)),
-        Value::U64(x) => i64::try_from(*x).ok(),
-        Value::I64(x) => Some(*x),
-        _ => None,
-    }
-}
-
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::F32(x) => Some(f64::from(*x)),
-        Value::F64(x) => Some(*x),
-        other => integer(other).map(|i| i as f64),
-    }
 }
 
 /// llama.cpp's token types.
@@ -438,7 +417,7 @@ fn sentencepiece_bpe(meta: &Meta, tokens: &[&str]) -> Result<Tokenizer> {
     let unk = meta
         .md
         .get("tokenizer.ggml.unknown_token_id")
-        .and_then(integer)
+        .and_then(metadata_integer)
         .and_then(|id| pieces.get(usize::try_from(id).ok()?))
         .cloned();
     let mut builder = BPE::builder()

@@ -33,14 +33,19 @@ pub fn refuse_pickle(path: &Path) -> Result<()> {
     }
 }
 
-fn pickle_error(path: &Path) -> Option<ModelError> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+/// The extension of `path`, with its dot and as written, when it names a pickle-based checkpoint.
+pub fn pickle_extension(path: &Path) -> Option<String> {
+    let ext = path.extension()?.to_str()?;
     PICKLE_EXTENSIONS
         .contains(&ext.to_ascii_lowercase().as_str())
-        .then(|| ModelError::Pickle {
-            path: path.to_path_buf(),
-            ext: format!(".{ext}"),
-        })
+        .then(|| format!(".{ext}"))
+}
+
+fn pickle_error(path: &Path) -> Option<ModelError> {
+    pickle_extension(path).map(|ext| ModelError::Pickle {
+        path: path.to_path_buf(),
+        ext,
+    })
 }
 
 impl Weights {

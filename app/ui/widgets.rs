@@ -63,18 +63,8 @@ pub fn curves(ui: &mut Ui, id: &str, height: f32, series: &[(&str, &[[f64; 2]])]
         });
 }
 
-pub fn bytes(n: u64) -> String {
-    let n = n as f64;
-    if n >= 1e9 {
-        format!("{:.2} GB", n / 1e9)
-    } else if n >= 1e6 {
-        format!("{:.1} MB", n / 1e6)
-    } else if n >= 1e3 {
-        format!("{:.0} kB", n / 1e3)
-    } else {
-        format!("{n:.0} B")
-    }
-}
+/// Byte counts read the same in the window as in the CLI and the engine's messages.
+pub use crate::engine::units::bytes;
 
 /// "1 h 02 min", "3 min 05 s", "12 s".
 pub fn duration(d: std::time::Duration) -> String {
@@ -122,8 +112,6 @@ mod tests {
 
     #[test]
     fn numbers_read_as_people_write_them() {
-        assert_eq!(bytes(1_500), "2 kB");
-        assert_eq!(bytes(5_500_000_000), "5.50 GB");
         assert_eq!(duration(Duration::from_secs(185)), "3 min 05 s");
         assert_eq!(duration(Duration::from_secs(3720)), "1 h 02 min");
         assert_eq!(count(134_515_008), "135M");

@@ -742,12 +742,5 @@ fn json_problem(text: &str, e: &serde_json::Error, at: Pos) -> RowError {
     }
 }
 
-pub(crate) fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 {
-        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
-    } else if n >= 1 << 10 {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    } else {
-        format!("{n} bytes")
-    }
-}
+/// Sizes in messages read as everywhere else in Loft.
+pub(crate) use crate::engine::units::bytes as human_bytes;

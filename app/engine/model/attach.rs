@@ -1,0 +1,102 @@
+//! LoRA attachment: which of the decoder's projections carry an adapter, freshly initialised for
+//! training or with given weights (a saved adapter or checkpoint).
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use super::{LoraAdapter, LoraConfig, LoraLinear, Model};
+
+impl Model {
+    /// Mutable access to the projections; fails while a layer is still shared with a computation
+    /// graph of a checkpointed forward pass (drop the loss and its gradients first).
+    fn linears_mut(&mut self) -> candle_core::Result<Vec<&mut LoraLinear>> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in self.layers.iter_mut() {
+            match Arc::get_mut(layer) {
+                Some(l) => layers.push(l),
+                None => candle_core::bail!("the model is still in use by a computation graph"),
+            }
+        }
+        Ok(layers
+            .into_iter()
+            .flat_map(|l| {
+                [
+                    &mut l.attn.q_proj,
+                    &mut l.attn.k_proj,
+                    &mut l.attn.v_proj,
+                    &mut l.attn.o_proj,
+                    &mut l.mlp.gate_proj,
+                    &mut l.mlp.up_proj,
+                    &mut l.mlp.down_proj,
+                ]
+            })
+            .collect())
+    }
+
+    /// Attach fresh adapters (A random, B zero) to every targeted module; returns how many.
+    pub fn attach_lora(&mut self, config: &LoraConfig, seed: u64) -> candle_core::Result<usize> {
+        let key = self.dropout_key.clone();
+        let device = self.options.device.clone();
+        let mut count = 0;
+        for (index, linear) in self.linears_mut()?.into_iter().enumerate() {
+            linear.adapter = None;
+            if config.targets_path(&linear.path) {
+                let (inp, out) = (linear.in_features(), linear.out_features());
+                linear.adapter = Some(LoraAdapter::init(
+                    config,
+                    inp,
+                    out,
+                    index as u64,
+                    seed,
+                    key.clone(),
+                    &device,
+                )?);
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Attach adapters with given weights: `weights(path)` returns (A, B) for a module path, or None
+    /// when that module has no adapter. A must be `r × in` and B `out × r`.
+    pub fn attach_lora_weights(
+        &mut self,
+        config: &LoraConfig,
+        mut weights: impl FnMut(&str) -> Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<usize> {
+        let key = self.dropout_key.clone();
+        let device = self.options.device.clone();
+        let mut count = 0;
+        for (index, linear) in self.linears_mut()?.into_iter().enumerate() {
+            linear.adapter = match weights(&linear.path) {
+                Some((a, b)) => {
+                    let (inp, out, r) = (linear.in_features(), linear.out_features(), config.r);
+                    if a.dims() != [r, inp] || b.dims() != [out, r] {
+                        candle_core::bail!(
+                            "{}: lora_A is {:?} and lora_B is {:?}, but this layer needs {:?} and {:?}",
+                            linear.path, a.dims(), b.dims(), [r, inp], [out, r]
+                        );
+                    }
+                    count += 1;
+                    let (a, b) = (a.to_device(&device)?, b.to_device(&device)?);
+                    Some(LoraAdapter::from_weights(
+                        config,
+                        &a,
+                        &b,
+                        index as u64,
+                        key.clone(),
+                    )?)
+                }
+                None => None,
+            };
+        }
+        Ok(count)
+    }
+
+    /// The modules that carry adapters, with their module paths.
+    pub fn adapters(&self) -> impl Iterator<Item = (&str, &LoraAdapter)> {
+        self.linears()
+            .filter_map(|l| l.adapter.as_ref().map(|a| (l.path.as_str(), a)))
+    }
+}
