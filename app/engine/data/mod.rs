@@ -12,6 +12,7 @@
 //! (never the whole file as one string), one record is capped (16 MiB by default), nesting depth is capped
 //! by serde_json (128), and the report lists at most `max_listed` findings of each kind while counting all.
 
+mod align;
 mod encode;
 mod json;
 mod read;
