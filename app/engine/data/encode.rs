@@ -90,16 +90,18 @@ pub struct EncodeOptions {
     pub max_listed: usize,
 }
 
+/// At most this many findings of each kind are listed by default (all are counted).
+pub const MAX_LISTED: usize = 1000;
+
 impl Default for EncodeOptions {
+    /// A run's defaults, so that encoding with no settings counts and masks tokens as training with no
+    /// settings does.
     fn default() -> Self {
-        EncodeOptions {
-            max_seq_len: 2048,
-            train_on: TrainOn::Assistant,
-            overlong: Overlong::Drop,
-            batch_size: 8,
-            seed: 0,
-            max_listed: 1000,
-        }
+        crate::engine::train::prepare::encode_options(
+            &crate::engine::train::TrainConfig::default(),
+            false,
+            false,
+        )
     }
 }
 

@@ -30,7 +30,7 @@ use super::chat::ChatMessage;
 pub use crate::engine::source::TextTools;
 pub use encode::{
     encode_conversation, encode_dataset, load_text_tools, render_with_spans, EncodeOptions,
-    Encoded, Example, Overlong, Rendered, TrainOn,
+    Encoded, Example, Overlong, Rendered, TrainOn, MAX_LISTED,
 };
 pub(crate) use report::percentile;
 pub use report::{
