@@ -245,3 +245,85 @@ fn with_a_model_tokens_and_overlong_rows_are_reported() {
     assert_eq!(code, 2);
     assert!(err.contains("cannot use the model"), "{err}");
 }
+
+fn tiny_chat() -> String {
+    support::fixtures().join("tiny-chat").display().to_string()
+}
+
+/// The run.toml of the one run under `runs`.
+fn run_spec(runs: &Path) -> toml::Table {
+    let run = std::fs::read_dir(runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("run.toml").is_file())
+        .expect("a run folder");
+    toml::from_str(&std::fs::read_to_string(run.join("run.toml")).unwrap()).unwrap()
+}
+
+#[test]
+fn validate_and_train_share_defaults_and_flag_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(sample("support-chat.jsonl")).unwrap();
+    let eval = dir.path().join("eval.jsonl");
+    let eval_rows: String = text.lines().skip(100).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&eval, eval_rows).unwrap();
+    let eval = eval.display().to_string();
+    let model = tiny_chat();
+    let data = sample("support-chat.jsonl");
+
+    // The defaults of `loft train` (TrainConfig's), not validate's own.
+    let defaults = loft::engine::train::TrainConfig::default();
+    let (code, out, err) = loft(&["validate", &data, "--model", &model, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let encoding = &json(&out)["stats"]["encoding"];
+    assert_eq!(encoding["max_seq_len"], defaults.max_seq_len, "{encoding}");
+    assert_eq!(
+        encoding["batch_size"], defaults.micro_batch_size,
+        "{encoding}"
+    );
+    assert_eq!(encoding["train_on"], "assistant");
+
+    // Each flag has the name `loft train` uses, and the old spelling still works.
+    for (all, eval_flag) in [
+        ("--train-on-all-tokens", "--eval-data"),
+        ("--train-on-all", "--eval-file"),
+    ] {
+        let (code, out, err) = loft(&[
+            "validate", &data, "--model", &model, all, eval_flag, &eval, "--json",
+        ]);
+        assert_eq!(code, 0, "{all} {eval_flag}: {err}");
+        let report = json(&out);
+        assert_eq!(report["stats"]["encoding"]["train_on"], "all");
+        assert_eq!(report["stats"]["split"]["method"], "file");
+        assert_eq!(report["eval"]["usable_rows"], 5);
+    }
+
+    // `loft train` takes the same flags, old spellings included; run.toml records what it used.
+    let runs = dir.path().join("runs");
+    let (code, out, err) = loft(&[
+        "train",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--train-on-all",
+        "--eval-file",
+        &eval,
+        "--max-steps",
+        "1",
+        "--out",
+        runs.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let spec = run_spec(&runs);
+    assert_eq!(spec["train_on_all_tokens"].as_bool(), Some(true));
+    assert_eq!(spec["eval_data"].as_str(), Some(eval.as_str()));
+    assert_eq!(
+        spec["train"]["max_seq_len"].as_integer(),
+        Some(defaults.max_seq_len as i64)
+    );
+    assert_eq!(
+        spec["train"]["micro_batch_size"].as_integer(),
+        Some(defaults.micro_batch_size as i64)
+    );
+}

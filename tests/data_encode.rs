@@ -1,5 +1,6 @@
-//! Encoding on SmolLM2-135M-Instruct's real tokenizer and chat template: the tokens that carry loss are
-//! exactly the assistant's replies, each with its end-of-turn token — checked by decoding them.
+//! Encoding on SmolLM2-135M-Instruct's real tokenizer and chat template, and on the real chat templates
+//! of the other families Loft supports (tests/fixtures/templates): the tokens that carry loss are exactly
+//! the assistant's replies, each with its end-of-turn token — checked by decoding them.
 
 mod support;
 
@@ -177,9 +178,8 @@ fn a_trailing_user_turn_and_unusual_text_are_handled() {
 }
 
 #[test]
-fn a_conversation_that_starts_with_the_assistant_uses_the_search_fallback() {
-    // SmolLM2's template adds its default system prompt only when there are messages, so rendering the
-    // empty prefix is not a prefix of the whole: the spans are found by searching instead.
+fn a_conversation_that_starts_with_the_assistant_is_masked_exactly() {
+    // SmolLM2's template adds its default system prompt only when the first message is not a system one.
     let (tokenizer, template) = smollm2();
     let messages = [
         msg("assistant", "Hi! How can I help?"),
@@ -455,4 +455,197 @@ fn the_gguf_tokenizer_and_template_encode_the_same() {
         encode_conversation(&messages, &tokenizer, &template, TrainOn::Assistant).unwrap();
     assert_eq!(from_gguf, from_json);
     assert_eq!(tools.context_length, Some(8192));
+}
+
+/// A model family's real chat template (tests/fixtures/templates/<family>) with SmolLM2's real tokenizer,
+/// to which the family's special tokens are added as special tokens — as the family's own tokenizer has
+/// them, so markup such as `<|eot_id|>` is one token that an answer can never be found inside.
+fn family(name: &str) -> (Tokenizer, ChatTemplate) {
+    let (mut tokenizer, _) = smollm2();
+    let (special, plain): (&[&str], &[&str]) = match name {
+        // Qwen3 shares ChatML's <|im_start|> and <|im_end|> with SmolLM2; its think tags are added tokens.
+        "qwen3" => (&[], &["<think>", "</think>"]),
+        "llama3" => (
+            &[
+                "<|begin_of_text|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>",
+            ],
+            &[],
+        ),
+        "gemma3" => (&["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], &[]),
+        "mistral" => (&["<s>", "</s>", "[INST]", "[/INST]"], &[]),
+        other => panic!("no template fixture for {other}"),
+    };
+    let added = |tokens: &[&str], special: bool| -> Vec<tokenizers::AddedToken> {
+        tokens
+            .iter()
+            .map(|t| tokenizers::AddedToken::from(*t, special))
+            .collect()
+    };
+    tokenizer.add_special_tokens(&added(special, true));
+    tokenizer.add_tokens(&added(plain, false));
+    let dir = support::fixtures().join("templates").join(name);
+    let template = ChatTemplate::from_model_files(
+        Some(&dir.join("tokenizer_config.json")),
+        Some(&dir.join("chat_template.jinja")),
+    )
+    .expect("template fixture");
+    (tokenizer, template)
+}
+
+/// Encode, then check that the ids are the tokenized rendering and that the trained tokens decode to
+/// exactly `expected` (one run per assistant turn: its text as the template writes it, and the
+/// end-of-turn token). A run may start with whitespace the template writes before the answer when one
+/// token holds both (" a" after Mistral's `[/INST]`); nothing else may be added or missing.
+fn check_exact(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[ChatMessage],
+    expected: &[String],
+) {
+    let (ids, mask) = encode_conversation(messages, tokenizer, template, TrainOn::Assistant)
+        .unwrap_or_else(|e| panic!("encode: {e}"));
+    let text = template.render(messages, false).expect("render");
+    let plain = tokenizer.encode(text.as_str(), false).expect("tokenize");
+    assert_eq!(ids, plain.get_ids(), "ids must be the tokenized rendering");
+    let runs = trained_runs(tokenizer, &ids, &mask);
+    assert_eq!(
+        runs.len(),
+        expected.len(),
+        "trained {runs:?}, expected {expected:?} in {text:?}"
+    );
+    for (run, want) in runs.iter().zip(expected) {
+        let extra = run.strip_suffix(want.trim_start());
+        let ok = extra.is_some_and(|extra| {
+            extra.trim().is_empty() && want.len() - want.trim_start().len() <= extra.len()
+        });
+        assert!(ok, "trained {run:?}, expected {want:?} in {text:?}");
+    }
+}
+
+fn chat(pairs: &[(&str, &str)]) -> Vec<ChatMessage> {
+    pairs
+        .iter()
+        .map(|(role, content)| msg(role, content))
+        .collect()
+}
+
+/// Answers that occur inside the markup around them: searching the rendering for them finds
+/// `<|im_start|>`, `assistant`, `<|im_end|>` or `<think>` before the answer itself.
+const SHORT_ANSWERS: [&str; 9] = ["a", "is", "end", "im", "think", "assistant", "s", "t", "\n"];
+
+/// A conversation of `answers` as assistant turns, each after a user turn, behind a system message.
+fn short_answer_chat(answers: &[&str]) -> Vec<ChatMessage> {
+    let mut messages = vec![msg("system", "Answer in one word.")];
+    for (i, answer) in answers.iter().enumerate() {
+        messages.push(msg("user", &format!("Question {i}?")));
+        messages.push(msg("assistant", answer));
+    }
+    messages
+}
+
+#[test]
+fn qwen3_multi_turn_short_answers_train_exactly_the_answers() {
+    let (tokenizer, template) = family("qwen3");
+    // Qwen3 writes an empty think block into the last assistant turn only, and strips the newlines that
+    // start that turn's answer, so each answer is tried in the middle and at the end.
+    for (i, &answer) in SHORT_ANSWERS.iter().enumerate() {
+        let last = SHORT_ANSWERS[(i + 1) % SHORT_ANSWERS.len()];
+        let messages = short_answer_chat(&["a", answer, last]);
+        let expected = [
+            format!("a{END}"),
+            format!("{answer}{END}"),
+            format!("{}{END}", last.trim_start_matches('\n')),
+        ];
+        check_exact(&tokenizer, &template, &messages, &expected);
+    }
+    let text = template
+        .render(&short_answer_chat(&["a", "is"]), false)
+        .unwrap();
+    assert!(
+        text.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\nis<|im_end|>\n"),
+        "the fixture is Qwen3's template: {text:?}"
+    );
+}
+
+#[test]
+fn qwen3_reasoning_is_trained_where_the_template_keeps_it() {
+    let (tokenizer, template) = family("qwen3");
+    let messages = chat(&[
+        ("user", "2 + 2?"),
+        ("assistant", "<think>\nTwo and two.\n</think>\n\n4"),
+        ("user", "And 3 + 3?"),
+        (
+            "assistant",
+            "<think>\nThree and three make six.\n</think>\n\nIt is 6.",
+        ),
+    ]);
+    // Qwen3 drops the reasoning of turns before the last question, and keeps the last turn's, between
+    // think tags it writes itself: the model learns the reasoning, the tags and the answer.
+    let expected = [
+        format!("4{END}"),
+        format!("<think>\nThree and three make six.\n</think>\n\nIt is 6.{END}"),
+    ];
+    check_exact(&tokenizer, &template, &messages, &expected);
+    // A short reasoning and answer, which the old search found inside the think tags.
+    let messages = chat(&[("user", "q"), ("assistant", "<think>think</think>a")]);
+    check_exact(
+        &tokenizer,
+        &template,
+        &messages,
+        &[format!("<think>\nthink\n</think>\n\na{END}")],
+    );
+}
+
+#[test]
+fn llama3_gemma3_and_mistral_templates_train_exactly_the_answers() {
+    for (name, end) in [
+        ("llama3", "<|eot_id|>"),
+        ("gemma3", "<end_of_turn>"),
+        ("mistral", "</s>"),
+    ] {
+        let (tokenizer, template) = family(name);
+        let answers: Vec<&str> = SHORT_ANSWERS
+            .iter()
+            .copied()
+            .chain(["  spaced answer  ", "model", "user", "INST", "s>"])
+            .filter(|a| !a.trim().is_empty())
+            .collect();
+        let messages = short_answer_chat(&answers);
+        // These templates trim each answer.
+        let expected: Vec<String> = answers
+            .iter()
+            .map(|a| format!("{}{end}", a.trim()))
+            .collect();
+        check_exact(&tokenizer, &template, &messages, &expected);
+    }
+}
+
+#[test]
+fn a_template_that_rewrites_answers_or_drops_them_is_an_error_not_a_guess() {
+    let (tokenizer, _) = smollm2();
+    let messages = [msg("user", "hi"), msg("assistant", "hello")];
+    let (_dir, shouting) = custom_template(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{{ m.content | upper }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}",
+    );
+    let err = encode_conversation(&messages, &tokenizer, &shouting, TrainOn::Assistant)
+        .expect_err("the answer cannot be located");
+    assert!(
+        err.contains("changes the text of message 2 (assistant)")
+            && err.contains("train on all tokens"),
+        "{err}"
+    );
+    // Training on every token needs no answer spans.
+    let (ids, mask) =
+        encode_conversation(&messages, &tokenizer, &shouting, TrainOn::All).expect("all tokens");
+    assert!(!ids.is_empty() && mask.iter().all(|&m| m));
+
+    let (_dir, users_only) = custom_template(
+        "{% for m in messages %}{% if m.role == 'user' %}<|im_start|>user\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}",
+    );
+    let err = encode_conversation(&messages, &tokenizer, &users_only, TrainOn::Assistant)
+        .expect_err("the answer is not shown");
+    assert!(err.contains("leaves out message 2 (assistant)"), "{err}");
 }

@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use super::models::ModelArg;
 use crate::engine::data::{
-    self, Dataset, EncodeOptions, Overlong, Progress, SplitSpec, SplitSummary, Stage, TrainOn,
-    ValidateOptions, ValidationReport,
+    self, Dataset, Progress, SplitSpec, SplitSummary, Stage, ValidateOptions, ValidationReport,
 };
+use crate::engine::train::prepare::encode_options;
+use crate::engine::train::TrainConfig;
 
 #[derive(Args)]
 pub struct ValidateArgs {
@@ -26,27 +27,27 @@ pub struct ValidateArgs {
     /// Never download the model: use only local files and the Hugging Face cache.
     #[arg(long)]
     pub offline: bool,
-    /// Longest training sequence in tokens (default: 2048, or the model's context if smaller).
+    /// Longest training sequence in tokens (default: 1024, as `loft train`).
     #[arg(long)]
     pub max_seq_len: Option<usize>,
     /// Cut conversations longer than --max-seq-len to their first tokens instead of leaving them out.
     #[arg(long)]
     pub truncate: bool,
     /// Train on every token (prompt and system too), not only the assistant's.
-    #[arg(long)]
-    pub train_on_all: bool,
+    #[arg(long, alias = "train-on-all")]
+    pub train_on_all_tokens: bool,
     /// Hold out rows for evaluation: a fraction (0.1) or a number of rows (200).
     #[arg(long, value_name = "F")]
     pub eval_split: Option<String>,
     /// A separate evaluation file, validated the same way (instead of --eval-split).
-    #[arg(long, conflicts_with = "eval_split")]
-    pub eval_file: Option<PathBuf>,
-    /// Seed of the train/eval split and the batch order.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Batch size for the padding-waste figure.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
+    #[arg(long, alias = "eval-file", conflicts_with = "eval_split")]
+    pub eval_data: Option<PathBuf>,
+    /// Seed of the train/eval split and the batch order (default: 42, as `loft train`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Examples per micro-batch, for the padding-waste figure (default: 4, as `loft train`).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Keep exact duplicate rows (they are removed by default).
     #[arg(long)]
     pub keep_duplicates: bool,
@@ -59,7 +60,7 @@ pub struct ValidateArgs {
 struct Output<'a> {
     #[serde(flatten)]
     report: &'a ValidationReport,
-    /// The report of `--eval-file`, when given.
+    /// The report of `--eval-data`, when given.
     eval: Option<&'a ValidationReport>,
 }
 
@@ -97,21 +98,20 @@ pub fn validate(args: ValidateArgs) -> Result<i32> {
             "note: --max-seq-len counts tokens, so it needs --model; checking characters only"
         );
     }
-    let encode_options = tools.as_ref().map(|t| EncodeOptions {
-        max_seq_len: args
-            .max_seq_len
-            .unwrap_or_else(|| t.context_length.unwrap_or(2048).clamp(1, 2048)),
-        train_on: TrainOn::all_tokens(args.train_on_all),
-        overlong: Overlong::truncate(args.truncate),
-        batch_size: args.batch_size,
-        seed: args.seed,
-        ..EncodeOptions::default()
-    });
+    // The settings `loft train` would use with the same flags, encoded the way training encodes.
+    let mut run = TrainConfig::default();
+    run.max_seq_len = args.max_seq_len.unwrap_or(run.max_seq_len);
+    run.micro_batch_size = args.batch_size.unwrap_or(run.micro_batch_size);
+    run.seed = args.seed.unwrap_or(run.seed);
+    let seed = run.seed;
+    let encode_options = tools
+        .as_ref()
+        .map(|_| encode_options(&run, args.train_on_all_tokens, args.truncate));
 
     let check = |path: &Path| -> Result<(ValidationReport, Option<Dataset>)> {
         let options = ValidateOptions {
             // Plain validation keeps no text in memory, whatever the size of the file.
-            keep_conversations: tools.is_some() || args.eval_file.is_some(),
+            keep_conversations: tools.is_some() || args.eval_data.is_some(),
             keep_duplicates: args.keep_duplicates,
             ..ValidateOptions::default()
         };
@@ -125,13 +125,13 @@ pub fn validate(args: ValidateArgs) -> Result<i32> {
 
     let (mut report, dataset) = check(&args.data)?;
     let mut eval_report = None;
-    if let Some(eval_path) = &args.eval_file {
+    if let Some(eval_path) = &args.eval_data {
         let (mut eval, eval_data) = check(eval_path)?;
         if let (Some(train), Some(eval_data)) = (&dataset, &eval_data) {
             data::warn_overlap(train, eval_data, &mut eval);
             report.stats.split = Some(SplitSummary {
                 method: "file".into(),
-                seed: args.seed,
+                seed,
                 train_rows: report.usable_rows,
                 eval_rows: eval.usable_rows,
                 eval_path: Some(eval_path.clone()),
@@ -140,14 +140,14 @@ pub fn validate(args: ValidateArgs) -> Result<i32> {
         eval_report = Some(eval);
     } else if let Some(spec) = split {
         if report.fatal.is_none() && report.usable_rows > 0 {
-            match data::split_indices(report.usable_rows, &spec, args.seed) {
+            match data::split_indices(report.usable_rows, &spec, seed) {
                 Ok((train, eval)) => {
                     report.stats.split = Some(SplitSummary {
                         method: match spec {
                             SplitSpec::Count(_) => "count".into(),
                             _ => "fraction".into(),
                         },
-                        seed: args.seed,
+                        seed,
                         train_rows: train.len(),
                         eval_rows: eval.len(),
                         eval_path: None,

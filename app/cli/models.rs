@@ -126,15 +126,21 @@ pub fn models(args: ModelsArgs) -> Result<()> {
         return Ok(());
     }
     for m in &list {
-        println!(
-            "{:<50} {:>12}  {:<12} {}",
-            m.repo_id,
-            units::bytes(m.size_bytes),
-            m.model_type.as_deref().unwrap_or("?"),
-            &m.revision[..m.revision.len().min(10)],
-        );
+        println!("{}", model_line(m));
     }
     Ok(())
+}
+
+/// One row of `loft models`: repo, size, architecture and the start of the revision. The revision is
+/// a cache folder name, which can be anything, so it is cut at a character, never inside one.
+fn model_line(m: &cache::CachedModel) -> String {
+    let revision: String = m.revision.chars().take(10).collect();
+    format!(
+        "{:<50} {:>12}  {:<12} {revision}",
+        m.repo_id,
+        units::bytes(m.size_bytes),
+        m.model_type.as_deref().unwrap_or("?"),
+    )
 }
 
 #[derive(Args)]
@@ -203,4 +209,33 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_ascii_cache_folder_name_is_cut_at_a_character() {
+        // Byte 10 of this name falls inside an "é": slicing bytes there panicked.
+        let model = cache::CachedModel {
+            repo_id: "org/modèle".into(),
+            revision: "aéééééééééé".into(),
+            refs: vec![],
+            snapshot: "/cache/snapshots/aéééééééééé".into(),
+            size_bytes: 2_000_000,
+            model_type: None,
+            architecture: None,
+            has_safetensors: true,
+            has_gguf: false,
+        };
+        let line = model_line(&model);
+        assert!(line.starts_with("org/modèle "), "{line}");
+        assert!(line.ends_with("  ?            aééééééééé"), "{line:?}");
+        let hex = cache::CachedModel {
+            revision: "0123456789abcdef".into(),
+            ..model
+        };
+        assert!(model_line(&hex).ends_with(" 0123456789"));
+    }
 }

@@ -21,7 +21,7 @@ pub struct TrainArgs {
     #[arg(long, short, required_unless_present = "resume")]
     data: Option<PathBuf>,
     /// A separate evaluation file (otherwise --eval-split holds rows out of --data).
-    #[arg(long)]
+    #[arg(long, alias = "eval-file")]
     eval_data: Option<PathBuf>,
     /// Fraction (below 1) or number of rows held out for evaluation.
     #[arg(long, default_value_t = 0.1)]
@@ -73,7 +73,7 @@ pub struct TrainArgs {
     #[arg(long)]
     save_every: Option<usize>,
     /// Train on every token, not only the assistant's.
-    #[arg(long)]
+    #[arg(long, alias = "train-on-all")]
     train_on_all_tokens: bool,
     /// Truncate conversations longer than max_seq_len instead of dropping them.
     #[arg(long)]

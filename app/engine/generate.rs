@@ -156,10 +156,21 @@ pub fn sample_top_p(probs: &[f32], top_p: f64, u: f32) -> u32 {
 
 /// Turns a growing list of token ids into text deltas, holding back bytes that do not yet form a
 /// whole character (a multi-token emoji arrives as one piece).
+///
+/// Each step decodes only a short window — the tokens of the last piece given out, then the new ones —
+/// as transformers' and text-generation-inference's streamers do: decoders that treat the first token
+/// apart (SentencePiece drops its leading space) then see the same start both times, and a step costs
+/// the same at the end of a long answer as at its start. Some decoders still rewrite text already given
+/// out once more tokens come (WordPiece's clean-up turns "a '" into "a'"); the delta is then everything
+/// after the part both decodings share, cut at a character boundary, so no text is lost and nothing is
+/// ever sliced inside a character.
 pub struct TextStream<'a> {
     tokenizer: &'a tokenizers::Tokenizer,
     ids: Vec<u32>,
-    emitted: usize,
+    /// Where the window starts: the first token of the last piece given out.
+    window: usize,
+    /// Tokens before this are given out as text.
+    read: usize,
 }
 
 impl<'a> TextStream<'a> {
@@ -167,33 +178,56 @@ impl<'a> TextStream<'a> {
         TextStream {
             tokenizer,
             ids: Vec::new(),
-            emitted: 0,
+            window: 0,
+            read: 0,
         }
     }
 
     pub fn push(&mut self, id: u32) -> Result<String> {
         self.ids.push(id);
-        let text = self.decode()?;
-        if text.ends_with('\u{fffd}') || text.len() < self.emitted {
+        let before = self.decode(&self.ids[self.window..self.read])?;
+        let now = self.decode(&self.ids[self.window..])?;
+        let Some(delta) = new_text(&before, &now) else {
             return Ok(String::new());
-        }
-        let delta = text[self.emitted..].to_string();
-        self.emitted = text.len();
+        };
+        let delta = delta.to_string();
+        self.window = self.read;
+        self.read = self.ids.len();
         Ok(delta)
     }
 
+    /// The whole text so far, decoded at once.
     pub fn text(&self) -> Result<String> {
-        self.decode()
+        self.decode(&self.ids)
     }
 
-    fn decode(&self) -> Result<String> {
+    fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
-            .decode(&self.ids, false)
+            .decode(ids, false)
             .map_err(|e| ModelError::Tokenizer {
                 path: "tokenizer".into(),
                 message: format!("cannot decode generated tokens: {e}"),
             })
     }
+}
+
+/// What decoding the window with the new tokens (`now`) adds to decoding it without them (`before`):
+/// `None` while the new tokens end inside a character (U+FFFD) or add nothing yet. When the decoder
+/// rewrote part of `before`, the delta starts where the two stop agreeing.
+fn new_text<'t>(before: &str, now: &'t str) -> Option<&'t str> {
+    if now.len() <= before.len() || now.ends_with('\u{fffd}') {
+        return None;
+    }
+    if let Some(added) = now.strip_prefix(before) {
+        return Some(added);
+    }
+    let shared: usize = before
+        .chars()
+        .zip(now.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a.len_utf8())
+        .sum();
+    Some(&now[shared..])
 }
 
 #[cfg(test)]
@@ -208,5 +242,52 @@ mod tests {
         assert_eq!(sample_top_p(&probs, 0.8, 0.99), 1);
         // top_p 1.0 keeps all; u near 1 reaches the least likely.
         assert_eq!(sample_top_p(&probs, 1.0, 0.999), 3);
+    }
+
+    #[test]
+    fn new_text_is_cut_at_characters_even_when_the_start_was_rewritten() {
+        assert_eq!(new_text("ab", "abc"), Some("c"));
+        assert_eq!(new_text("ab", "ab\u{fffd}"), None);
+        assert_eq!(new_text("abc", "ab"), None);
+        // "a '" became "a'": byte 3 of "a'éé" is inside an "é"; the delta starts where they differ.
+        assert_eq!(new_text("a '", "a'éé"), Some("'éé"));
+        assert_eq!(new_text("é", "eée"), Some("eée"));
+    }
+
+    fn stream_all(tokenizer: &tokenizers::Tokenizer, ids: &[u32]) -> (Vec<String>, String) {
+        let mut stream = TextStream::new(tokenizer);
+        let deltas = ids.iter().map(|&id| stream.push(id).unwrap()).collect();
+        (deltas, stream.text().unwrap())
+    }
+
+    #[test]
+    fn a_decoder_that_rewrites_earlier_text_does_not_split_a_character() {
+        // A real tokenizers decoder chain whose output for "a" changes once "b" follows: "ab" becomes
+        // "é". Slicing the new text at the old length (1 byte) cut the "é" in half and panicked.
+        let json = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": [{"type": "Fuse"},
+                {"type": "Replace", "pattern": {"String": "ab"}, "content": "é"}]},
+            "model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1, "c": 2, "[UNK]": 3}, "unk_token": "[UNK]"}}"#;
+        let tokenizer: tokenizers::Tokenizer = json.parse().unwrap();
+        let (deltas, text) = stream_all(&tokenizer, &[0, 1, 2]);
+        assert_eq!(text, "éc");
+        // What was shown stays shown; the rewritten part follows, and nothing is lost.
+        assert_eq!(deltas, ["a", "é", "c"]);
+    }
+
+    #[test]
+    fn streamed_pieces_add_up_to_the_decoded_text() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/smollm2/tokenizer.json");
+        let tokenizer = crate::engine::tokenizer::load_tokenizer_json(&path).unwrap();
+        let text = "Déjà vu: 🙂🎉 — naïve café, 東京\n<|im_end|>";
+        let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        let (deltas, decoded) = stream_all(&tokenizer, &ids);
+        assert_eq!(decoded, text);
+        assert_eq!(deltas.concat(), text);
+        // Bytes of an emoji split over tokens are held back until the character is whole.
+        assert!(deltas.iter().all(|d| !d.contains('\u{fffd}')), "{deltas:?}");
+        assert!(deltas.iter().any(String::is_empty), "{deltas:?}");
     }
 }

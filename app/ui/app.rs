@@ -217,8 +217,7 @@ impl LoftApp {
         }
         // Datasets are checked with the opened model's tokenizer, at the chosen max_seq_len.
         let model_files = self.model.info().map(|i| &i.files);
-        self.data
-            .refresh(ctx, model_files, self.method.config.max_seq_len);
+        self.data.refresh(ctx, model_files, &self.method.config);
     }
 
     /// Why training cannot start yet, or None.

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::data::{
-    self, EncodeOptions, Overlong, Progress, Rendered, RowNumbering, Stage, TrainOn,
-    ValidateOptions, ValidationReport,
+    self, EncodeOptions, Progress, Rendered, RowNumbering, Stage, TrainOn, ValidateOptions,
+    ValidationReport,
 };
 use crate::engine::source::ModelFiles;
+use crate::engine::train::prepare::encode_options;
+use crate::engine::train::TrainConfig;
 
 /// Where evaluation examples come from.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -176,13 +178,9 @@ impl DataPage {
     }
 
     /// Start checks for files whose report is missing or was made for another model or encoding.
-    pub fn refresh(&mut self, ctx: &egui::Context, model: Option<&ModelFiles>, max_seq_len: usize) {
-        let encoding = EncodeOptions {
-            max_seq_len,
-            train_on: TrainOn::all_tokens(self.train_on_all_tokens),
-            overlong: Overlong::truncate(self.truncate_overlong),
-            ..EncodeOptions::default()
-        };
+    pub fn refresh(&mut self, ctx: &egui::Context, model: Option<&ModelFiles>, run: &TrainConfig) {
+        let encoding = encode_options(run, self.train_on_all_tokens, self.truncate_overlong);
+        let max_seq_len = encoding.max_seq_len;
         let key = format!(
             "{}|{max_seq_len}|{:?}|{:?}",
             model.map_or(String::new(), |m| m.root.display().to_string()),

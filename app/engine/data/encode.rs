@@ -2,20 +2,22 @@
 //! carry loss. By default only the assistant's tokens do (the prompt and system are masked, as TRL's
 //! completion-only / assistant-only training does).
 //!
-//! Where the assistant spans are, without knowing the template: for each assistant turn `i`, render
-//! `messages[..i]` with the generation prompt and `messages[..=i]` without it. The text between the two
-//! is the assistant's turn — its content plus whatever the template writes after it. When a template
-//! renders earlier turns differently as the conversation grows (Qwen3 drops empty think blocks, for one),
-//! the spans are found instead by locating each message's content in order in the full rendering.
+//! Where the assistant's text is, without knowing the template: [`super::align`] renders the conversation
+//! once more with placeholders for the contents, so the template's markup is known exactly and each
+//! content's byte range in the real rendering follows from it — never a search for the answer's text,
+//! which could land inside a special token or a role header. A template that rewrites a content beyond
+//! trimming it, or leaves out an assistant turn, makes the row an error (training on all tokens needs no
+//! spans and still works).
 //!
 //! The trained span of a turn is the assistant's content as the template wrote it (anything the template
-//! puts between the generation prompt and the content, like a role header when the template has no
-//! generation prompt, is not trained), plus the end-of-turn token when the template writes one right after it
-//! (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `</s>`: the first special token after the content,
-//! whitespace between included) — so the model learns to stop. Text after that token (the newline ChatML
-//! puts between turns) is not trained, as in TRL's templates with `{% generation %}` blocks. A token is
-//! trained when its character span overlaps a trained span. Tokenizing uses `add_special_tokens = false`:
-//! the template already writes the BOS token where the model wants one.
+//! puts between the generation prompt and the content, like a role header or an empty think block, is
+//! not trained; reasoning the template shows is part of the content), plus the end-of-turn token when
+//! the template writes one right after it (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `</s>`: the first
+//! special token after the content, whitespace between included) — so the model learns to stop. Text
+//! after that token (the newline ChatML puts between turns) is not trained, as in TRL's templates with
+//! `{% generation %}` blocks. A token is trained when its character span overlaps a trained span.
+//! Tokenizing uses `add_special_tokens = false`: the template already writes the BOS token where the
+//! model wants one.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
+use super::align::align;
 use super::report::{
     Distribution, EncodeSummary, ErrorKind, Histogram, RowError, ValidationReport, Warning,
     WarningKind,
@@ -87,16 +90,18 @@ pub struct EncodeOptions {
     pub max_listed: usize,
 }
 
+/// At most this many findings of each kind are listed by default (all are counted).
+pub const MAX_LISTED: usize = 1000;
+
 impl Default for EncodeOptions {
+    /// A run's defaults, so that encoding with no settings counts and masks tokens as training with no
+    /// settings does.
     fn default() -> Self {
-        EncodeOptions {
-            max_seq_len: 2048,
-            train_on: TrainOn::Assistant,
-            overlong: Overlong::Drop,
-            batch_size: 8,
-            seed: 0,
-            max_listed: 1000,
-        }
+        crate::engine::train::prepare::encode_options(
+            &crate::engine::train::TrainConfig::default(),
+            false,
+            false,
+        )
     }
 }
 
@@ -176,9 +181,9 @@ impl<'a> Encoder<'a> {
         }
     }
 
-    fn render(&self, messages: &[ChatMessage], generation_prompt: bool) -> Result<String, String> {
+    fn render(&self, messages: &[ChatMessage]) -> Result<String, String> {
         self.template
-            .render(messages, generation_prompt)
+            .render(messages, false)
             .map_err(|e| format!("the model's chat template failed on this conversation: {e}"))
     }
 
@@ -194,82 +199,31 @@ impl<'a> Encoder<'a> {
         }
     }
 
+    /// The rendering and its trained spans: each assistant turn's content as the template wrote it (from
+    /// the `<think>` that opens its reasoning, when the template shows the reasoning), plus the
+    /// end-of-turn token after it.
     fn render_spans(&self, messages: &[ChatMessage]) -> Result<Rendered, String> {
-        let text = self.render(messages, false)?;
-        match self.spans_by_prefix(messages, &text)? {
-            Some(spans) => Ok(Rendered { text, spans }),
-            None => {
-                let spans = self.spans_by_search(messages, &text)?;
-                Ok(Rendered { text, spans })
-            }
-        }
-    }
-
-    /// Spans from renderings of growing prefixes; `None` when the template breaks the prefix property.
-    fn spans_by_prefix(
-        &self,
-        messages: &[ChatMessage],
-        full: &str,
-    ) -> Result<Option<Vec<Range<usize>>>, String> {
-        let mut spans = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            if m.role != "assistant" {
-                continue;
-            }
-            let prompt = self.render(&messages[..i], true)?;
-            let upto = if i + 1 == messages.len() {
-                full.to_string()
-            } else {
-                self.render(&messages[..=i], false)?
-            };
-            if !upto.starts_with(&prompt) || !full.starts_with(&upto) {
-                return Ok(None);
-            }
-            let turn_start = prompt.len();
-            let turn = &upto[turn_start..];
-            let (start, content_end) = match find_content(turn, &m.content) {
-                Some(r) => (turn_start + r.start, turn_start + r.end),
-                // The template rewrites the content: train on the whole turn it wrote.
-                None => (turn_start, turn_start + turn.trim_end().len()),
-            };
-            let end = self.span_end(&upto, content_end).max(start);
-            if spans.last().is_some_and(|s: &Range<usize>| s.end > start) {
-                return Ok(None);
-            }
-            spans.push(start..end);
-        }
-        Ok(Some(spans))
-    }
-
-    /// Spans found by locating each message's content, in order, in the full rendering.
-    fn spans_by_search(
-        &self,
-        messages: &[ChatMessage],
-        full: &str,
-    ) -> Result<Vec<Range<usize>>, String> {
-        let mut spans = Vec::new();
-        let mut cursor = 0;
-        for (i, m) in messages.iter().enumerate() {
-            match find_content(&full[cursor..], &m.content) {
-                Some(r) => {
-                    let (start, content_end) = (cursor + r.start, cursor + r.end);
-                    if m.role == "assistant" {
-                        let end = self.span_end(full, content_end);
-                        spans.push(start..end);
-                        cursor = end;
-                    } else {
-                        cursor = content_end;
-                    }
-                }
-                None if m.role == "assistant" => {
-                    return Err(format!(
-                        "the chat template changes the text of assistant message {i}, so Loft cannot tell which tokens are the answer; train on all tokens, or use a model whose template keeps messages as written"
-                    ))
-                }
-                None => {}
-            }
-        }
-        Ok(spans)
+        let is_answer = |m: &ChatMessage| m.role == "assistant";
+        let aligned = align(self.template, messages, &is_answer, &|m| self.render(m))?;
+        let text = aligned.text;
+        let mut spans: Vec<Range<usize>> = messages
+            .iter()
+            .zip(&aligned.messages)
+            .filter(|(m, _)| is_answer(m))
+            .filter_map(|(_, found)| {
+                let content = found.content.first()?;
+                let start = found
+                    .reasoning
+                    .as_ref()
+                    .map_or(content.start, |r| r.start.min(content.start));
+                Some(start..self.span_end(&text, content.end))
+            })
+            .collect();
+        spans.sort_by_key(|s| s.start);
+        Ok(Rendered {
+            text,
+            spans: merge(spans),
+        })
     }
 
     fn encode(
@@ -277,7 +231,14 @@ impl<'a> Encoder<'a> {
         messages: &[ChatMessage],
         train_on: TrainOn,
     ) -> Result<(Vec<u32>, Vec<bool>), String> {
-        let rendered = self.render_spans(messages)?;
+        // Training on every token needs no spans, so any template that renders will do.
+        let rendered = match train_on {
+            TrainOn::All => Rendered {
+                text: self.render(messages)?,
+                spans: Vec::new(),
+            },
+            TrainOn::Assistant => self.render_spans(messages)?,
+        };
         let encoding = self
             .tokenizer
             .encode(rendered.text.as_str(), false)
@@ -296,17 +257,16 @@ fn is_end_marker(token: &str) -> bool {
     !t.is_empty() && (t.contains("end") || t.contains("eot") || t.contains("eos") || t == "</s>")
 }
 
-/// Where `content` appears in `text` (as written, else trimmed).
-fn find_content(text: &str, content: &str) -> Option<Range<usize>> {
-    for needle in [content, content.trim()] {
-        if needle.is_empty() {
-            continue;
-        }
-        if let Some(p) = text.find(needle) {
-            return Some(p..p + needle.len());
+/// Sorted spans with overlapping ones joined.
+fn merge(spans: Vec<Range<usize>>) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::with_capacity(spans.len());
+    for span in spans {
+        match out.last_mut() {
+            Some(last) if span.start < last.end => last.end = last.end.max(span.end),
+            _ => out.push(span),
         }
     }
-    None
+    out
 }
 
 /// A token is trained when its byte span overlaps a trained span (spans are sorted and disjoint).
@@ -606,9 +566,8 @@ mod tests {
     }
 
     #[test]
-    fn content_is_found_as_written_or_trimmed() {
-        assert_eq!(find_content("ab hello cd", "hello"), Some(3..8));
-        assert_eq!(find_content("ab hello cd", "  hello \n"), Some(3..8));
-        assert_eq!(find_content("ab", "zz"), None);
+    fn overlapping_spans_are_joined() {
+        assert_eq!(merge(vec![0..3, 2..5, 5..6, 8..9]), [0..5, 5..6, 8..9]);
+        assert_eq!(merge(vec![]), Vec::<Range<usize>>::new());
     }
 }

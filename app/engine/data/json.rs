@@ -1,6 +1,7 @@
 //! A JSON value that keeps every key of an object in order, duplicates included, so that Loft can
 //! warn about them (serde_json, like Python's `json`, silently keeps the last one).
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -36,6 +37,14 @@ impl Json {
         }
     }
 
+    /// An object's keys and values in order, duplicates included (empty for other values).
+    pub(crate) fn entries(&self) -> &[(String, Json)] {
+        match self {
+            Json::Object(entries) => entries,
+            _ => &[],
+        }
+    }
+
     pub(crate) fn keys(&self) -> Vec<&str> {
         match self {
             Json::Object(entries) => entries.iter().map(|(k, _)| k.as_str()).collect(),
@@ -44,28 +53,37 @@ impl Json {
     }
 
     /// Paths (`messages[1].content`) of keys that appear more than once in one object, anywhere inside,
-    /// in the order the repeats appear.
+    /// in the order the repeats appear, each once. Linear in the size of the value: one record of 16 MiB
+    /// can hold an object of a million keys.
     pub(crate) fn duplicate_keys(&self) -> Vec<String> {
         let mut found = Vec::new();
+        let mut reported = HashSet::new();
         let mut path = String::new();
-        self.collect_duplicates(&mut path, &mut found);
+        self.collect_duplicates(&mut path, &mut found, &mut reported);
         found
     }
 
-    fn collect_duplicates(&self, path: &mut String, found: &mut Vec<String>) {
+    fn collect_duplicates(
+        &self,
+        path: &mut String,
+        found: &mut Vec<String>,
+        reported: &mut HashSet<String>,
+    ) {
         let len = path.len();
         match self {
             Json::Object(entries) => {
-                for (i, (key, value)) in entries.iter().enumerate() {
+                let mut keys = SeenKeys::with_capacity(entries.len());
+                for (key, value) in entries {
                     if !path.is_empty() {
                         path.push('.');
                     }
                     path.push_str(key);
-                    if entries[..i].iter().any(|(k, _)| k == key) && !found.contains(path) {
+                    if !keys.insert(key) && !reported.contains(path.as_str()) {
+                        reported.insert(path.clone());
                         found.push(path.clone());
                     }
                     if matches!(value, Json::Object(_) | Json::Array(_)) {
-                        value.collect_duplicates(path, found);
+                        value.collect_duplicates(path, found, reported);
                     }
                     path.truncate(len);
                 }
@@ -75,12 +93,43 @@ impl Json {
                     if matches!(item, Json::Object(_) | Json::Array(_)) {
                         use std::fmt::Write;
                         let _ = write!(path, "[{i}]");
-                        item.collect_duplicates(path, found);
+                        item.collect_duplicates(path, found, reported);
                         path.truncate(len);
                     }
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// The keys of one object seen so far: a short list for the few keys records usually have, a hash set
+/// past that, so an object of many keys costs linear time, not quadratic.
+enum SeenKeys<'a> {
+    Few(Vec<&'a str>),
+    Many(HashSet<&'a str>),
+}
+
+impl<'a> SeenKeys<'a> {
+    const FEW: usize = 16;
+
+    fn with_capacity(n: usize) -> Self {
+        if n <= Self::FEW {
+            SeenKeys::Few(Vec::with_capacity(n))
+        } else {
+            SeenKeys::Many(HashSet::with_capacity(n))
+        }
+    }
+
+    /// Whether `key` is new (and now seen).
+    fn insert(&mut self, key: &'a str) -> bool {
+        match self {
+            SeenKeys::Few(keys) if keys.contains(&key) => false,
+            SeenKeys::Few(keys) => {
+                keys.push(key);
+                true
+            }
+            SeenKeys::Many(keys) => keys.insert(key),
         }
     }
 }
@@ -164,6 +213,35 @@ mod tests {
         assert_eq!(v.get("a"), Some(&Json::String("x".into())));
         // In the order the repeated keys appear.
         assert_eq!(v.duplicate_keys(), vec!["b.c".to_string(), "a".to_string()]);
+    }
+
+    #[test]
+    fn each_repeated_key_is_reported_once_in_the_order_it_repeats() {
+        let v: Json = serde_json::from_str(
+            r#"{"x": 1, "m": [{"k": 1, "k": 2, "k": 3}], "x": 2, "x": 3, "m": [{"k": 0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(v.duplicate_keys(), ["m[0].k", "x", "m"]);
+        // The same path in two copies of an object is one finding.
+        let v: Json =
+            serde_json::from_str(r#"{"a": {"b": 1, "b": 2}, "a": {"b": 1, "b": 2}}"#).unwrap();
+        assert_eq!(v.duplicate_keys(), ["a.b", "a"]);
+    }
+
+    #[test]
+    fn an_object_of_many_keys_is_checked_in_linear_time() {
+        // 300 000 keys in one object (about 4 MB of JSON): a quadratic check would compare 4.5e10 pairs
+        // and stall validation; the hash set makes it one pass.
+        let n = 300_000;
+        let mut text = String::from("{");
+        for i in 0..n {
+            text.push_str(&format!("\"k{i}\": {i}, "));
+        }
+        text.push_str("\"k7\": 0, \"k299999\": 1, \"k7\": 2}");
+        let v: Json = serde_json::from_str(&text).unwrap();
+        assert_eq!(v.keys().len(), n + 3);
+        assert_eq!(v.duplicate_keys(), ["k7", "k299999"]);
+        assert_eq!(v.get("k7"), Some(&Json::Number(2.0)));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! (never the whole file as one string), one record is capped (16 MiB by default), nesting depth is capped
 //! by serde_json (128), and the report lists at most `max_listed` findings of each kind while counting all.
 
+mod align;
 mod encode;
 mod json;
 mod read;
@@ -29,7 +30,7 @@ use super::chat::ChatMessage;
 pub use crate::engine::source::TextTools;
 pub use encode::{
     encode_conversation, encode_dataset, load_text_tools, render_with_spans, EncodeOptions,
-    Encoded, Example, Overlong, Rendered, TrainOn,
+    Encoded, Example, Overlong, Rendered, TrainOn, MAX_LISTED,
 };
 pub(crate) use report::percentile;
 pub use report::{

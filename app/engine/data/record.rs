@@ -87,14 +87,19 @@ fn unknown_format(json: &Json) -> Problem {
     let hint = if has("prompt") && (has("completion") || has("response")) {
         "; for prompt/completion records, rename `prompt` to `instruction` and `completion` to `output`".to_string()
     } else if has("question") && has("answer") {
-        "; for question/answer records, rename `question` to `instruction` and `answer` to `output`".to_string()
+        "; for question/answer records, rename `question` to `instruction` and `answer` to `output`"
+            .to_string()
     } else if has("input") && (has("response") || has("target")) {
         "; rename `input` to `instruction` and the answer field to `output`".to_string()
     } else if has("role") && has("content") {
-        "; this looks like a single message: wrap a whole conversation as {\"messages\": [ … ]}".to_string()
+        "; this looks like a single message: wrap a whole conversation as {\"messages\": [ … ]}"
+            .to_string()
     } else if has("text") {
         "; plain `text` records (pretraining style) have no assistant turn to learn; write them as instruction/output or chat messages".to_string()
-    } else if let Some(key) = keys.iter().find(|k| matches!(json.get(k), Some(Json::Array(items)) if items.iter().any(|i| matches!(i, Json::Object(_))))) {
+    } else if let Some(key) = json.entries().iter().find_map(|(k, v)| {
+        matches!(v, Json::Array(items) if items.iter().any(|i| matches!(i, Json::Object(_))))
+            .then_some(k)
+    }) {
         format!("; the records seem to be inside `{key}`: put them at the top level (a .json file holding the array itself, or one per line in .jsonl)")
     } else if let Some((typo, meant)) = keys.iter().find_map(|k| {
         ["messages", "conversations", "instruction", "output"]

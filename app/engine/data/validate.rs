@@ -36,7 +36,7 @@ impl Default for ValidateOptions {
     fn default() -> Self {
         ValidateOptions {
             max_record_bytes: 16 << 20,
-            max_listed: 1000,
+            max_listed: super::MAX_LISTED,
             keep_conversations: true,
             keep_duplicates: false,
             few_rows: 100,

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use super::config::TrainConfig;
 use super::run::{sha256_file, RunDir, RunSpec};
 use super::trainer::TrainJob;
 use crate::engine::data::{
@@ -63,14 +64,11 @@ pub fn prepare(
     let device_name = device::describe(&device);
     let loaded = source::load(&files, &LoadOptions { device, dtype })?;
     let (train_set, eval_set) = datasets(spec, on_event, cancel)?;
-    let options = EncodeOptions {
-        max_seq_len: spec.train.max_seq_len,
-        train_on: TrainOn::all_tokens(spec.train_on_all_tokens),
-        overlong: Overlong::truncate(spec.truncate_overlong),
-        batch_size: spec.train.micro_batch_size,
-        seed: spec.train.seed,
-        ..EncodeOptions::default()
-    };
+    let options = encode_options(
+        &spec.train,
+        spec.train_on_all_tokens,
+        spec.truncate_overlong,
+    );
     let mut encode = |set: &Dataset| -> Result<(Vec<Example>, usize)> {
         let mut progress = |p| on_event(PrepareEvent::Data(p));
         let encoded = encode_dataset(
@@ -112,6 +110,23 @@ pub fn prepare(
         pad_id,
     };
     Ok((job, prepared))
+}
+
+/// How a run encodes its data, from its settings: the one place that turns them into encoding options,
+/// so `loft validate --model`, the app's data check and training count and mask the same tokens.
+pub fn encode_options(
+    config: &TrainConfig,
+    train_on_all_tokens: bool,
+    truncate_overlong: bool,
+) -> EncodeOptions {
+    EncodeOptions {
+        max_seq_len: config.max_seq_len,
+        train_on: TrainOn::all_tokens(train_on_all_tokens),
+        overlong: Overlong::truncate(truncate_overlong),
+        batch_size: config.micro_batch_size,
+        seed: config.seed,
+        max_listed: crate::engine::data::MAX_LISTED,
+    }
 }
 
 /// The training and evaluation sets: the eval file when there is one, else a seeded split.
