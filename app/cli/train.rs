@@ -1,6 +1,6 @@
 //! `loft train`: start a LoRA run (or resume one) and follow it with a progress bar and a line per step.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -198,97 +198,6 @@ fn read_config(path: &PathBuf) -> Result<TrainConfig> {
         .with_context(|| format!("{} is not a valid training configuration", path.display()))
 }
 
-/// The `loft train …` line that starts the same run as `spec` (runs under `out`), or that resumes
-/// `resume`. Settings equal to their defaults are left out.
-pub fn command_line(spec: &RunSpec, out: Option<&Path>, resume: Option<&Path>) -> String {
-    let quote = |text: &str| -> String {
-        let plain = text
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "-_./:=@,+".contains(ch));
-        if plain && !text.is_empty() {
-            text.to_string()
-        } else {
-            format!("'{}'", text.replace('\'', r"'\''"))
-        }
-    };
-    if let Some(run) = resume {
-        return format!("loft train --resume {}", quote(&run.display().to_string()));
-    }
-    let d = TrainConfig::default();
-    let c = &spec.train;
-    let mut args = vec![
-        "loft train".to_string(),
-        format!("--model {}", quote(&spec.model)),
-        format!("--data {}", quote(&spec.data.display().to_string())),
-    ];
-    let mut push = |flag: &str, value: String| args.push(format!("--{flag} {value}"));
-    match &spec.eval_data {
-        Some(e) => push("eval-data", quote(&e.display().to_string())),
-        None => push("eval-split", spec.eval_split.to_string()),
-    }
-    if let Some(out) = out {
-        push("out", quote(&out.display().to_string()));
-    }
-    push("name", quote(&spec.name));
-    match c.max_steps {
-        Some(s) => push("max-steps", s.to_string()),
-        None => push("epochs", c.epochs.to_string()),
-    }
-    push("batch-size", c.micro_batch_size.to_string());
-    push("grad-accum", c.grad_accum.to_string());
-    push("lr", c.lr.to_string());
-    push("rank", c.lora.r.to_string());
-    push("alpha", c.lora.alpha.to_string());
-    push("dropout", c.lora.dropout.to_string());
-    push("targets", c.lora.targets.join(","));
-    push("max-seq-len", c.max_seq_len.to_string());
-    push("seed", c.seed.to_string());
-    if c.eval_every != d.eval_every {
-        push("eval-every", c.eval_every.to_string());
-    }
-    if c.save_every != d.save_every {
-        push("save-every", c.save_every.to_string());
-    }
-    if c.schedule != d.schedule {
-        push("schedule", format!("{:?}", c.schedule).to_lowercase());
-    }
-    match c.warmup_steps {
-        Some(w) => push("warmup-steps", w.to_string()),
-        None if c.warmup_ratio != d.warmup_ratio => {
-            push("warmup-ratio", c.warmup_ratio.to_string())
-        }
-        None => {}
-    }
-    let floats = [
-        ("weight-decay", c.weight_decay, d.weight_decay),
-        ("max-grad-norm", c.max_grad_norm, d.max_grad_norm),
-        ("beta1", c.betas.0, d.betas.0),
-        ("beta2", c.betas.1, d.betas.1),
-        ("adam-eps", c.eps, d.eps),
-    ];
-    for (flag, value, default) in floats {
-        if value != default {
-            push(flag, value.to_string());
-        }
-    }
-    if c.log_every != d.log_every {
-        push("log-every", c.log_every.to_string());
-    }
-    let switches = [
-        ("rslora", c.lora.use_rslora),
-        ("gradient-checkpointing", c.gradient_checkpointing),
-        ("train-on-all-tokens", spec.train_on_all_tokens),
-        ("truncate", spec.truncate_overlong),
-        ("skip-error-rows", spec.skip_error_rows),
-    ];
-    for (flag, on) in switches {
-        if on {
-            args.push(format!("--{flag}"));
-        }
-    }
-    args.join(" ")
-}
-
 pub fn parse_targets(text: &str) -> Result<Vec<String>> {
     let names: Vec<String> = match text.trim() {
         "all" | "all-linear" => ALL_LINEAR_TARGETS.iter().map(|s| s.to_string()).collect(),
@@ -474,7 +383,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::train::command::command_line;
     use clap::Parser;
+    use std::path::Path;
 
     #[derive(Parser)]
     struct Line {

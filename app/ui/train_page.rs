@@ -95,7 +95,7 @@ impl TrainPage {
             phase: Phase::Preparing("loading the model…".into()),
             run_dir: Some(run.path.clone()),
             curves: history,
-            command_line: crate::cli::train::command_line(
+            command_line: crate::engine::train::command::command_line(
                 &spec,
                 run.path.parent(),
                 resume.then_some(run.path.as_path()),

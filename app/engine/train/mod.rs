@@ -1,6 +1,7 @@
 //! Training LoRA adapters: the configuration, the loss, the optimizer, the run folder, and the loop
 //! that drives them on a worker thread.
 
+pub mod command;
 pub mod config;
 pub mod loss;
 pub mod memory;
