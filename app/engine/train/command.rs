@@ -58,6 +58,12 @@ pub fn command_line(spec: &RunSpec, out: Option<&Path>, resume: Option<&Path>) -
     if c.save_every != d.save_every {
         push("save-every", c.save_every.to_string());
     }
+    if c.save_every_minutes != d.save_every_minutes {
+        push("save-every-minutes", c.save_every_minutes.to_string());
+    }
+    if c.keep_checkpoints != d.keep_checkpoints {
+        push("keep-checkpoints", c.keep_checkpoints.to_string());
+    }
     if c.schedule != d.schedule {
         push("schedule", format!("{:?}", c.schedule).to_lowercase());
     }
@@ -86,6 +92,7 @@ pub fn command_line(spec: &RunSpec, out: Option<&Path>, resume: Option<&Path>) -
     let switches = [
         ("rslora", c.lora.use_rslora),
         ("gradient-checkpointing", c.gradient_checkpointing),
+        ("group-by-length", c.group_by_length),
         ("train-on-all-tokens", spec.train_on_all_tokens),
         ("truncate", spec.truncate_overlong),
         ("skip-error-rows", spec.skip_error_rows),
