@@ -169,3 +169,168 @@ fn models_lists_the_hf_cache() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("qwen3"));
 }
+
+/// `loft train` on the tiny chat model and the bundled sample data, with Loft's default settings but a
+/// few steps, into `out`.
+fn train_args(out: &std::path::Path, steps: usize) -> Vec<String> {
+    let root = support::repo_root();
+    [
+        "train",
+        "--model",
+        root.join("tests/fixtures/tiny-chat").to_str().unwrap(),
+        "--data",
+        root.join("assets/samples/support-chat.jsonl")
+            .to_str()
+            .unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        &steps.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The run folder: the last line `loft train` prints.
+fn run_folder(o: &Output) -> std::path::PathBuf {
+    std::path::PathBuf::from(stdout(o).trim().lines().last().expect("a run folder"))
+}
+
+fn loss_curve(run: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|m| m["loss"].as_f64())
+        .collect()
+}
+
+/// Ctrl+C during `loft train` (default settings) stops it with a checkpoint and exit status 130, and
+/// `--resume` then ends with exactly the adapter of a run never interrupted.
+#[test]
+fn interrupted_training_resumes_to_the_same_adapter() {
+    use std::io::{BufRead, BufReader};
+    const STEPS: usize = 10;
+    let runs = tempfile::tempdir().unwrap();
+    let straight = loft(
+        &train_args(&runs.path().join("straight"), STEPS)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(straight.status.success(), "{}", stderr(&straight));
+    let straight = run_folder(&straight);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loft"))
+        .args(train_args(&runs.path().join("interrupted"), STEPS))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let mut line = String::new();
+    // Interrupt once the second step is reported.
+    while err.read_line(&mut line).unwrap() > 0 {
+        log.push_str(&line);
+        if line.starts_with("step ") && line.contains(&format!("2/{STEPS}")) {
+            // SAFETY: a plain kill(2) on our own child's pid.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+            break;
+        }
+        line.clear();
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    log.push_str(&rest);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{log}");
+    assert!(log.contains("saving a checkpoint"), "{log}");
+    assert!(log.contains("resume with `loft train --resume"), "{log}");
+    let run = run_folder(&out);
+    assert!(
+        !run.join("adapter").exists(),
+        "it stopped before the end: {log}"
+    );
+    let stopped = loss_curve(&run).len();
+    assert!((2..STEPS).contains(&stopped), "{log}");
+
+    let resumed = loft(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains("resuming at step"),
+        "{}",
+        stderr(&resumed)
+    );
+    assert_eq!(loss_curve(&run), loss_curve(&straight), "one clean curve");
+    support::assert_identical_adapters(&run.join("adapter"), &straight.join("adapter"));
+}
+
+/// `--resume RUN --lr X` continues with a new peak learning rate, recorded in run.toml; other training
+/// flags are refused with --resume instead of being ignored.
+#[test]
+fn resume_may_lower_the_learning_rate_and_refuses_other_settings() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut args = train_args(runs.path(), 4);
+    args.extend(["--save-every".into(), "2".into()]);
+    let first = loft(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(first.status.success(), "{}", stderr(&first));
+    let run = run_folder(&first);
+    // Make it look interrupted after step 2: the final adapter and checkpoint gone.
+    std::fs::remove_dir_all(run.join("adapter")).unwrap();
+    std::fs::remove_dir_all(run.join("checkpoints/step-4")).unwrap();
+    let run_arg = run.to_str().unwrap();
+
+    let refused = loft(&["train", "--resume", run_arg, "--max-steps", "9"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("only --lr may change"),
+        "{}",
+        stderr(&refused)
+    );
+    let refused = loft(&["train", "--resume", run_arg, "--lr", "3"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("lr is 3"), "{}", stderr(&refused));
+
+    let out = loft(&["train", "--resume", run_arg, "--lr", "5e-5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("peaks at 5e-5"), "{}", stderr(&out));
+    let (_, spec) = loft::engine::train::run::RunDir::open(&run).unwrap();
+    assert_eq!(
+        spec.train.lr_changes,
+        vec![loft::engine::train::config::LrChange { step: 2, lr: 5e-5 }]
+    );
+    assert!(run.join("adapter/adapter_model.safetensors").is_file());
+}
+
+/// Settings that would overflow, stall or train nothing are refused before anything loads, naming the
+/// setting.
+#[test]
+fn train_refuses_settings_out_of_bounds() {
+    let runs = tempfile::tempdir().unwrap();
+    for (extra, says) in [
+        (vec!["--max-steps", "0"], "max_steps is 0"),
+        (
+            vec!["--batch-size", "9223372036854775807", "--grad-accum", "4"],
+            "micro_batch_size × grad_accum",
+        ),
+        (vec!["--epochs", "inf"], "epochs is inf"),
+        (vec!["--save-every-minutes", "NaN"], "save_every_minutes"),
+    ] {
+        let mut args = train_args(runs.path(), 4);
+        if extra[0] == "--max-steps" || extra[0] == "--epochs" {
+            args.truncate(args.len() - 2); // the case sets the length of the run itself
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = loft(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{extra:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+    assert_eq!(
+        std::fs::read_dir(runs.path()).unwrap().count(),
+        0,
+        "no run folder was made"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod bench;
 mod data;
+mod interrupt;
 mod models;
 pub mod train;
 mod window;
@@ -54,7 +55,7 @@ pub fn main() -> i32 {
         Some(Command::Models(args)) => models::models(args).map(|()| 0),
         Some(Command::Generate(args)) => models::generate(args).map(|()| 0),
         Some(Command::Validate(args)) => data::validate(args),
-        Some(Command::Train(args)) => train::train(*args).map(|()| 0),
+        Some(Command::Train(args)) => train::train(*args),
         Some(Command::BenchTrain(args)) => bench::bench_train(args).map(|()| 0),
         Some(Command::WindowCheck(args)) => window::window_check(args),
         None => Ok(crate::ui::run(crate::ui::WindowOptions {

@@ -1,16 +1,21 @@
 //! `loft train`: start a LoRA run (or resume one) and follow it with a progress bar and a line per step.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::interrupt;
 use crate::engine::hub::DownloadEvent;
 use crate::engine::model::lora::{ALL_LINEAR_TARGETS, ATTENTION_TARGETS};
 use crate::engine::train::prepare::PrepareEvent;
 use crate::engine::train::run::{default_runs_dir, sha256_file, RunDir, RunSpec};
-use crate::engine::train::{Schedule, Session, SessionEvent, TrainConfig, TrainEvent};
+use crate::engine::train::{
+    Schedule, Session, SessionEvent, TrainCommand, TrainConfig, TrainEvent,
+};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -35,7 +40,8 @@ pub struct TrainArgs {
     /// A name for the run folder.
     #[arg(long, default_value = "lora")]
     name: String,
-    /// Continue an interrupted run from its last checkpoint.
+    /// Continue an interrupted run from its newest readable checkpoint, with the run's own settings
+    /// (only --lr may change: e.g. lower it after a divergence; the change is recorded in run.toml).
     #[arg(long, conflicts_with_all = ["model", "data", "config"])]
     resume: Option<PathBuf>,
     #[arg(long)]
@@ -70,8 +76,18 @@ pub struct TrainArgs {
     seed: Option<u64>,
     #[arg(long)]
     eval_every: Option<usize>,
+    /// Save a checkpoint every N steps (default: every tenth of the run).
     #[arg(long)]
     save_every: Option<usize>,
+    /// Also save one after this many minutes of training since the last (default 10; 0: off).
+    #[arg(long)]
+    save_every_minutes: Option<f64>,
+    /// Keep the newest N checkpoints, deleting older ones (default 3; 0 keeps all).
+    #[arg(long)]
+    keep_checkpoints: Option<usize>,
+    /// Batch examples of similar length together: less padding, faster steps when lengths vary.
+    #[arg(long)]
+    group_by_length: bool,
     /// Train on every token, not only the assistant's.
     #[arg(long, alias = "train-on-all")]
     train_on_all_tokens: bool,
@@ -130,6 +146,7 @@ impl TrainArgs {
         set(&mut c.max_seq_len, self.max_seq_len);
         set(&mut c.eval_every, self.eval_every);
         set(&mut c.save_every, self.save_every);
+        set(&mut c.keep_checkpoints, self.keep_checkpoints);
         if self.max_steps.is_some() {
             c.max_steps = self.max_steps;
         }
@@ -155,6 +172,9 @@ impl TrainArgs {
         if self.gradient_checkpointing {
             c.gradient_checkpointing = true;
         }
+        if self.group_by_length {
+            c.group_by_length = true;
+        }
         if let Some(t) = &self.targets {
             c.lora.targets = parse_targets(t)?;
         }
@@ -177,6 +197,7 @@ impl TrainArgs {
         set_f(&mut c.betas.0, self.beta1);
         set_f(&mut c.betas.1, self.beta2);
         set_f(&mut c.eps, self.adam_eps);
+        set_f(&mut c.save_every_minutes, self.save_every_minutes);
         set(&mut c.log_every, self.log_every);
         if self.warmup_steps.is_some() {
             c.warmup_steps = self.warmup_steps;
@@ -184,6 +205,30 @@ impl TrainArgs {
         c.validate()
             .map_err(|m| anyhow::anyhow!("invalid setting: {m}"))?;
         Ok(c)
+    }
+
+    /// With --resume the run keeps the settings in its run.toml; refuse other training flags rather
+    /// than ignore them. Returns the new peak learning rate, if --lr was given.
+    fn resume_lr(&self, spec: &RunSpec) -> Result<Option<f64>> {
+        let given = self.config()?;
+        let defaults = TrainConfig::default();
+        if (TrainConfig {
+            lr: defaults.lr,
+            ..given
+        }) != defaults
+        {
+            bail!("--resume continues the run with the settings in its run.toml; only --lr may change (start a new run to change the others)");
+        }
+        let Some(lr) = self.lr else {
+            return Ok(None);
+        };
+        TrainConfig {
+            lr,
+            ..spec.train.clone()
+        }
+        .validate()
+        .map_err(|m| anyhow::anyhow!("invalid setting: {m}"))?;
+        Ok(Some(lr))
     }
 }
 
@@ -196,97 +241,6 @@ fn read_config(path: &PathBuf) -> Result<TrainConfig> {
     }
     toml::from_str::<TrainConfig>(&text)
         .with_context(|| format!("{} is not a valid training configuration", path.display()))
-}
-
-/// The `loft train …` line that starts the same run as `spec` (runs under `out`), or that resumes
-/// `resume`. Settings equal to their defaults are left out.
-pub fn command_line(spec: &RunSpec, out: Option<&Path>, resume: Option<&Path>) -> String {
-    let quote = |text: &str| -> String {
-        let plain = text
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "-_./:=@,+".contains(ch));
-        if plain && !text.is_empty() {
-            text.to_string()
-        } else {
-            format!("'{}'", text.replace('\'', r"'\''"))
-        }
-    };
-    if let Some(run) = resume {
-        return format!("loft train --resume {}", quote(&run.display().to_string()));
-    }
-    let d = TrainConfig::default();
-    let c = &spec.train;
-    let mut args = vec![
-        "loft train".to_string(),
-        format!("--model {}", quote(&spec.model)),
-        format!("--data {}", quote(&spec.data.display().to_string())),
-    ];
-    let mut push = |flag: &str, value: String| args.push(format!("--{flag} {value}"));
-    match &spec.eval_data {
-        Some(e) => push("eval-data", quote(&e.display().to_string())),
-        None => push("eval-split", spec.eval_split.to_string()),
-    }
-    if let Some(out) = out {
-        push("out", quote(&out.display().to_string()));
-    }
-    push("name", quote(&spec.name));
-    match c.max_steps {
-        Some(s) => push("max-steps", s.to_string()),
-        None => push("epochs", c.epochs.to_string()),
-    }
-    push("batch-size", c.micro_batch_size.to_string());
-    push("grad-accum", c.grad_accum.to_string());
-    push("lr", c.lr.to_string());
-    push("rank", c.lora.r.to_string());
-    push("alpha", c.lora.alpha.to_string());
-    push("dropout", c.lora.dropout.to_string());
-    push("targets", c.lora.targets.join(","));
-    push("max-seq-len", c.max_seq_len.to_string());
-    push("seed", c.seed.to_string());
-    if c.eval_every != d.eval_every {
-        push("eval-every", c.eval_every.to_string());
-    }
-    if c.save_every != d.save_every {
-        push("save-every", c.save_every.to_string());
-    }
-    if c.schedule != d.schedule {
-        push("schedule", format!("{:?}", c.schedule).to_lowercase());
-    }
-    match c.warmup_steps {
-        Some(w) => push("warmup-steps", w.to_string()),
-        None if c.warmup_ratio != d.warmup_ratio => {
-            push("warmup-ratio", c.warmup_ratio.to_string())
-        }
-        None => {}
-    }
-    let floats = [
-        ("weight-decay", c.weight_decay, d.weight_decay),
-        ("max-grad-norm", c.max_grad_norm, d.max_grad_norm),
-        ("beta1", c.betas.0, d.betas.0),
-        ("beta2", c.betas.1, d.betas.1),
-        ("adam-eps", c.eps, d.eps),
-    ];
-    for (flag, value, default) in floats {
-        if value != default {
-            push(flag, value.to_string());
-        }
-    }
-    if c.log_every != d.log_every {
-        push("log-every", c.log_every.to_string());
-    }
-    let switches = [
-        ("rslora", c.lora.use_rslora),
-        ("gradient-checkpointing", c.gradient_checkpointing),
-        ("train-on-all-tokens", spec.train_on_all_tokens),
-        ("truncate", spec.truncate_overlong),
-        ("skip-error-rows", spec.skip_error_rows),
-    ];
-    for (flag, on) in switches {
-        if on {
-            args.push(format!("--{flag}"));
-        }
-    }
-    args.join(" ")
 }
 
 pub fn parse_targets(text: &str) -> Result<Vec<String>> {
@@ -311,7 +265,10 @@ pub fn parse_targets(text: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
-pub fn train(args: TrainArgs) -> Result<()> {
+/// Train; returns the exit status: 0 when the run finished or was cancelled, 130 when Ctrl+C or
+/// SIGTERM stopped it (after saving a checkpoint).
+pub fn train(args: TrainArgs) -> Result<i32> {
+    let mut new_lr = None;
     let (spec, run, resume) = match &args.resume {
         Some(dir) => {
             let (run, spec) = RunDir::open(dir)?;
@@ -321,6 +278,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
                     dir.display()
                 );
             }
+            new_lr = args.resume_lr(&spec)?;
             (spec, run, true)
         }
         None => {
@@ -354,6 +312,11 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let run_path = run.path.clone();
     eprintln!("run folder: {}", run_path.display());
     let session = Session::start(spec.clone(), run, resume, std::sync::Arc::new(|| {}));
+    if let Some(lr) = new_lr {
+        // Taken before the first step, so the change starts where the run resumes.
+        session.send(TrainCommand::SetLr(lr));
+    }
+    let catches_signals = interrupt::install();
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}")
@@ -367,8 +330,19 @@ pub fn train(args: TrainArgs) -> Result<()> {
             bar.println(line);
         }
     };
-    let mut outcome = Ok(());
-    for event in session.events.iter() {
+    let mut outcome = Ok(0);
+    let mut stopping = false;
+    loop {
+        if catches_signals && !stopping && interrupt::requested() {
+            stopping = true;
+            session.send(TrainCommand::Cancel);
+            say("stopping: saving a checkpoint… (Ctrl+C again quits without waiting)".into());
+        }
+        let event = match session.events.recv_timeout(Duration::from_millis(100)) {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let event = match event {
             SessionEvent::Preparing(PrepareEvent::LoadingModel) => {
                 eprintln!("loading the model…");
@@ -451,30 +425,39 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 bar.finish_and_clear();
                 eprintln!("adapter (PEFT format): {}", adapter_dir.display());
             }
-            TrainEvent::Cancelled { step, .. } => {
+            TrainEvent::Cancelled { step, checkpoint } => {
                 bar.abandon();
-                eprintln!(
-                    "cancelled at step {step}; resume with `loft train --resume {}`",
-                    run_path.display()
-                );
+                match checkpoint {
+                    Some(_) => eprintln!(
+                        "stopped after step {step}; resume with `loft train --resume {}`",
+                        run_path.display()
+                    ),
+                    None => eprintln!("stopped before the first step; nothing to resume"),
+                }
+                if stopping {
+                    outcome = Ok(interrupt::INTERRUPTED_EXIT);
+                }
             }
             TrainEvent::Failed { reason, advice } => {
                 bar.abandon();
                 outcome = Err(anyhow::anyhow!("{reason}\n{advice}"));
             }
+            TrainEvent::Notice { message } => say(format!("note: {message}")),
             TrainEvent::Paused { .. } | TrainEvent::Resumed { .. } => {}
         }
     }
     session.join();
-    outcome?;
+    let code = outcome?;
     println!("{}", run_path.display());
-    Ok(())
+    Ok(code)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::train::command::command_line;
     use clap::Parser;
+    use std::path::Path;
 
     #[derive(Parser)]
     struct Line {
@@ -532,7 +515,10 @@ mod tests {
             weight_decay: 0.01,
             betas: (0.85, 0.99),
             gradient_checkpointing: true,
+            group_by_length: true,
             save_every: 5,
+            save_every_minutes: 2.5,
+            keep_checkpoints: 0,
             ..TrainConfig::default()
         };
         let spec = RunSpec {

@@ -1,5 +1,7 @@
 //! Writing files so that a crash or a full disk never leaves a half-written one behind: write a
-//! temporary file beside the target, flush it to disk, then rename it over the target.
+//! temporary file beside the target, flush it to disk, then rename it over the target — and flush the
+//! folder that holds it, because until the folder's new entry is on disk a power cut can still lose the
+//! rename (or, for a new folder, the folder itself).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,13 +15,46 @@ pub fn temp_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
+/// Flush a folder's entries (names created, renamed or removed in it) to disk. Only Unix can open a
+/// folder to flush it; elsewhere the file system orders this itself, and this does nothing.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Flush the folder that holds `path` (after `path` was created, renamed or removed).
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// Flush every file under `dir` and every folder's entries, `dir` included.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+    }
+    sync_dir(dir)
+}
+
 pub fn write_atomic(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = temp_path(target);
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, target)
+        std::fs::rename(&tmp, target)?;
+        sync_parent(target)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -38,6 +73,7 @@ pub fn produce_atomic<E>(
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .and_then(|()| std::fs::rename(&tmp, target))
+            .and_then(|()| sync_parent(target))
             .map_err(&io)
     });
     if result.is_err() {
@@ -47,8 +83,10 @@ pub fn produce_atomic<E>(
 }
 
 /// Produce a folder with `fill(partial)` in a hidden sibling, then rename it into place, so `target` is
-/// complete or absent, never half-written. An existing `target` is replaced only when `replace` is set,
-/// and only once the new folder is complete; otherwise the rename fails and `target` is left alone.
+/// complete or absent, never half-written. Its files and the folder are flushed to disk before the
+/// rename, and the parent after it, so a folder that survives a power cut is whole. An existing `target`
+/// is replaced only when `replace` is set, and only once the new folder is complete; otherwise the
+/// rename fails and `target` is left alone.
 pub fn produce_dir_atomic<E>(
     target: &Path,
     replace: bool,
@@ -63,11 +101,14 @@ pub fn produce_dir_atomic<E>(
     let result = std::fs::create_dir_all(&partial)
         .map_err(&io)
         .and_then(|()| fill(&partial))
+        .and_then(|()| sync_tree(&partial).map_err(&io))
         .and_then(|()| {
             if replace {
                 let _ = std::fs::remove_dir_all(target);
             }
-            std::fs::rename(&partial, target).map_err(&io)
+            std::fs::rename(&partial, target)
+                .and_then(|()| sync_parent(target))
+                .map_err(&io)
         });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&partial);

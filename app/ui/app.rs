@@ -414,9 +414,9 @@ impl LoftApp {
                 self.method.ui(ui, arch.as_ref(), total);
             }
             Page::Train => {
-                let draft = self
-                    .draft_spec()
-                    .map(|spec| crate::cli::train::command_line(&spec, Some(&self.runs_dir), None));
+                let draft = self.draft_spec().map(|spec| {
+                    crate::engine::train::command::command_line(&spec, Some(&self.runs_dir), None)
+                });
                 if let train_page::Action::Start = self.train.ui(ui, self.blocker(), draft) {
                     self.start_run(&ctx);
                 }

@@ -35,6 +35,8 @@ pub struct TrainPage {
     prepared: Option<Prepared>,
     last_eval: Option<(f64, f64)>,
     last_checkpoint: Option<PathBuf>,
+    /// What the engine said along the way (a skipped checkpoint, a learning-rate change).
+    notices: Vec<String>,
     /// The `loft train …` line that does the same run.
     pub command_line: String,
 }
@@ -52,6 +54,7 @@ impl Default for TrainPage {
             prepared: None,
             last_eval: None,
             last_checkpoint: None,
+            notices: Vec::new(),
             command_line: String::new(),
         }
     }
@@ -95,7 +98,7 @@ impl TrainPage {
             phase: Phase::Preparing("loading the model…".into()),
             run_dir: Some(run.path.clone()),
             curves: history,
-            command_line: crate::cli::train::command_line(
+            command_line: crate::engine::train::command::command_line(
                 &spec,
                 run.path.parent(),
                 resume.then_some(run.path.as_path()),
@@ -180,6 +183,7 @@ impl TrainPage {
                 TrainEvent::Failed { reason, advice } => {
                     self.phase = Phase::Failed { reason, advice }
                 }
+                TrainEvent::Notice { message } => self.notices.push(message),
             },
         }
     }
@@ -291,6 +295,9 @@ impl TrainPage {
     }
 
     fn progress_ui(&self, ui: &mut Ui) {
+        for notice in &self.notices {
+            ui.label(RichText::new(notice).weak());
+        }
         if let Phase::Preparing(what) = &self.phase {
             ui.horizontal(|ui| {
                 ui.spinner();

@@ -195,3 +195,33 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
         .expect("tensors of the same shape")
 }
+
+/// Two adapter folders hold bit-identical tensors: a resumed run must end exactly where an uninterrupted
+/// one does, not merely close to it.
+pub fn assert_identical_adapters(a: &Path, b: &Path) {
+    let (left, right) = (adapter_tensors(a), adapter_tensors(b));
+    let names = |v: &[(String, Vec<f32>)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&left),
+        names(&right),
+        "{} and {} hold different tensors",
+        a.display(),
+        b.display()
+    );
+    assert!(!left.is_empty(), "{} holds no tensor", a.display());
+    for ((name, va), (_, vb)) in left.iter().zip(&right) {
+        let differing = va
+            .iter()
+            .zip(vb)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        assert_eq!(
+            differing,
+            0,
+            "{name}: {differing} of {} values differ between {} and {}",
+            va.len(),
+            a.display(),
+            b.display()
+        );
+    }
+}

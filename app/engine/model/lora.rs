@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::rng::SplitMix64;
@@ -155,21 +156,86 @@ impl LoraAdapter {
     /// Inverted dropout: kept features are scaled by 1/(1-p) so the expected input is unchanged.
     fn dropout_mask(&self, dims: &[usize], key: u64, device: &Device) -> Result<Tensor> {
         let n: usize = dims.iter().product();
-        Tensor::from_vec(self.dropout_values(n, key), dims, device)
+        Tensor::from_vec(self.mask(key).values(n), dims, device)
     }
 
-    /// The `n` mask values (0 or 1/(1-p)) that key `key` draws for this module, in row-major order.
-    pub fn dropout_values(&self, n: usize, key: u64) -> Vec<f32> {
+    /// The mask key `key` draws for this module.
+    pub fn mask(&self, key: u64) -> DropoutMask {
         let keep = 1.0 - self.dropout;
-        let scale = (1.0 / keep) as f32;
-        let mut rng = SplitMix64::new(key ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        (0..n)
-            .map(|_| if rng.unit() < keep { scale } else { 0.0 })
-            .collect()
+        DropoutMask {
+            stream: key ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03),
+            keep,
+            scale: (1.0 / keep) as f32,
+        }
     }
 
     pub fn parameter_count(&self) -> usize {
         self.a.elem_count() + self.b.elem_count()
+    }
+}
+
+/// The dropout mask one key draws for one module, over the input in row-major order. Element `i` is
+/// kept (scaled by 1/(1-p)) or zeroed by the `i`-th number of a counter-based stream seeded by (key,
+/// module), so each element is a pure function of (key, module, i): the mask is drawn in parallel and
+/// applied on the fly, never drawn serially per module nor kept in memory between passes. (The numbers
+/// are those the serial SplitMix64 stream of earlier versions drew, so runs keep their masks.)
+#[derive(Debug, Clone, Copy)]
+pub struct DropoutMask {
+    stream: u64,
+    keep: f64,
+    scale: f32,
+}
+
+/// Elements per parallel task: large enough that scheduling costs nothing, small enough to share.
+const MASK_CHUNK: usize = 1 << 14;
+
+impl DropoutMask {
+    /// Element `i`: 0 or 1/(1-p).
+    pub fn value(&self, i: usize) -> f32 {
+        if SplitMix64::unit_at(self.stream, i as u64) < self.keep {
+            self.scale
+        } else {
+            0.0
+        }
+    }
+
+    /// Elements `0..n`.
+    pub fn values(&self, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(MASK_CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let start = c * MASK_CHUNK;
+                for (j, v) in chunk.iter_mut().enumerate() {
+                    *v = self.value(start + j);
+                }
+            });
+        out
+    }
+
+    /// `x ⊙ mask`.
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        self.combine(&mut out, x, |o, v, m| *o = v * m);
+        out
+    }
+
+    /// `out += x ⊙ mask`.
+    pub fn add_applied(&self, out: &mut [f32], x: &[f32]) {
+        self.combine(out, x, |o, v, m| *o += v * m);
+    }
+
+    /// `f(out[i], x[i], mask[i])` for every i, in parallel.
+    fn combine(&self, out: &mut [f32], x: &[f32], f: impl Fn(&mut f32, f32, f32) + Sync) {
+        out.par_chunks_mut(MASK_CHUNK)
+            .zip(x.par_chunks(MASK_CHUNK))
+            .enumerate()
+            .for_each(|(c, (out, x))| {
+                let start = c * MASK_CHUNK;
+                for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
+                    f(o, *v, self.value(start + j));
+                }
+            });
     }
 }
 
@@ -286,5 +352,50 @@ mod tests {
         }
         key.set(None);
         assert_eq!(ad.forward(&x).unwrap().to_vec2::<f32>().unwrap(), eval);
+    }
+
+    #[test]
+    fn dropout_masks_are_counter_based() {
+        let config = LoraConfig {
+            r: 2,
+            dropout: 0.3,
+            ..LoraConfig::default()
+        };
+        let ad =
+            LoraAdapter::init(&config, 8, 4, 5, 1, DropoutKey::default(), &Device::Cpu).unwrap();
+        let mask = ad.mask(77);
+        let n = 3 * MASK_CHUNK + 123;
+        let all = mask.values(n);
+        // Drawn in parallel pieces, the mask is still the serial stream earlier versions drew, so a run
+        // checkpointed by them resumes with the same masks.
+        let mut serial = SplitMix64::new(77 ^ 5u64.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let scale = (1.0 / 0.7f64) as f32;
+        for (i, v) in all.iter().enumerate() {
+            let want = if serial.unit() < 0.7 { scale } else { 0.0 };
+            assert_eq!(*v, want, "element {i}");
+        }
+        assert_eq!(
+            mask.value(n - 1),
+            all[n - 1],
+            "any element can be drawn alone"
+        );
+        let kept = all.iter().filter(|v| **v != 0.0).count() as f64 / n as f64;
+        assert!((kept - 0.7).abs() < 0.01, "{kept}");
+        let other = LoraAdapter {
+            index: 6,
+            ..ad.clone()
+        }
+        .mask(77)
+        .values(n);
+        assert_ne!(other, all, "each module draws its own mask");
+
+        let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let applied = mask.apply(&x);
+        let mut added = vec![1f32; n];
+        mask.add_applied(&mut added, &x);
+        for i in 0..n {
+            assert_eq!(applied[i], x[i] * all[i]);
+            assert_eq!(added[i], 1.0 + x[i] * all[i]);
+        }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::cpu_ops::{cpu_f32, f32_slice, matmul, matmul_here, Mat};
-use super::lora::LoraAdapter;
+use super::lora::{DropoutMask, LoraAdapter};
 
 /// Whether [`lora_linear`] handles this input and weight.
 pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
@@ -31,7 +31,7 @@ pub fn lora_linear(x: &Tensor, weight: &Tensor, adapter: &LoraAdapter) -> Result
         scale: adapter.scale as f32,
         // The key is read now: the trainer moves it on before the next micro-batch's forward pass,
         // and the backward pass must see the mask this forward pass drew.
-        dropout: adapter.dropout_key().map(|key| (adapter.clone(), key)),
+        dropout: adapter.dropout_key().map(|key| adapter.mask(key)),
         down: Mutex::new(None),
     };
     x.contiguous()?
@@ -41,8 +41,8 @@ pub fn lora_linear(x: &Tensor, weight: &Tensor, adapter: &LoraAdapter) -> Result
 struct LoraMatmul {
     weight: Tensor,
     scale: f32,
-    /// The adapter whose dropout mask to draw, and the key it is drawn with; `None` without dropout.
-    dropout: Option<(LoraAdapter, u64)>,
+    /// The dropout mask this pass draws (element by element, where it is used); `None` without dropout.
+    dropout: Option<DropoutMask>,
     /// `s · dropout(x) · Aᵀ` (`rows × r`) from the forward pass, for B's gradient.
     down: Mutex<Option<Vec<f32>>>,
 }
@@ -70,9 +70,7 @@ impl LoraMatmul {
 
     /// `x ⊙ mask` when this layer drops out, else `None` (use `x` itself).
     fn dropped(&self, x: &[f32]) -> Option<Vec<f32>> {
-        let (adapter, key) = self.dropout.as_ref()?;
-        let mask = adapter.dropout_values(x.len(), *key);
-        Some(x.iter().zip(&mask).map(|(v, m)| v * m).collect())
+        Some(self.dropout.as_ref()?.apply(x))
     }
 }
 
@@ -198,7 +196,7 @@ impl CustomOp3 for LoraMatmul {
                     1.0,
                     true,
                 ),
-                Some((adapter, key)) => {
+                Some(mask) => {
                     let mut through = vec![0f32; rows * inp];
                     matmul(
                         &mut through,
@@ -207,10 +205,7 @@ impl CustomOp3 for LoraMatmul {
                         1.0,
                         false,
                     );
-                    let mask = adapter.dropout_values(rows * inp, *key);
-                    for ((d, t), m) in dx.iter_mut().zip(&through).zip(&mask) {
-                        *d += t * m;
-                    }
+                    mask.add_applied(&mut dx, &through);
                 }
             }
             Some(Tensor::from_vec(dx, (rows, inp), x_t.device())?)

@@ -50,14 +50,46 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Evaluate on the eval split every N optimizer steps (default 0: at the end of each epoch and of the run).
     pub eval_every: usize,
-    /// Save a checkpoint every N optimizer steps (default 0: only at the end, on cancel and on pause).
+    /// Save a checkpoint every N optimizer steps (default 0: every tenth of the run). Checkpoints are
+    /// also saved by time (`save_every_minutes`), on pause, on cancel (Ctrl+C too) and at the end.
     pub save_every: usize,
+    /// Also save a checkpoint once this many minutes of training have passed since the last one
+    /// (default 10; 0 turns the time-based checkpoints off).
+    pub save_every_minutes: f64,
+    /// How many checkpoints to keep: older ones are deleted as new ones are saved, so a long run does not
+    /// fill the disk (default 3; 0 keeps them all). The newest, and so the final one, is always kept.
+    pub keep_checkpoints: usize,
     /// Report training metrics every N optimizer steps (default 1).
     pub log_every: usize,
     /// Keep only each layer's input during the forward pass and recompute the rest in the backward pass:
     /// far less memory for activations, about a third more compute (default off).
     pub gradient_checkpointing: bool,
+    /// Batch examples of similar length together (as transformers' `group_by_length`): less padding, so
+    /// faster steps when lengths vary; the order stays seeded and random between epochs (default off).
+    pub group_by_length: bool,
+    /// Learning-rate changes made while the run went on, e.g. `loft train --resume RUN --lr X` after a
+    /// divergence: from `step` on, the schedule peaks at `lr` instead of the `lr` above. Recorded so the
+    /// run can be redone exactly from its run.toml (default: none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lr_changes: Vec<LrChange>,
 }
+
+/// From optimizer step `step` (0-based) on, the schedule's peak learning rate is `lr`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrChange {
+    pub step: usize,
+    pub lr: f64,
+}
+
+/// The most examples one optimizer step may take (`micro_batch_size × grad_accum`).
+pub const MAX_EXAMPLES_PER_STEP: usize = 1 << 20;
+/// The most optimizer steps a run may ask for.
+pub const MAX_STEPS: usize = 1_000_000_000;
+/// The most passes over the data a run may ask for.
+pub const MAX_EPOCHS: f64 = 10_000.0;
+/// The longest sequence a run may ask for.
+pub const MAX_SEQ_LEN: usize = 1 << 20;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -79,62 +111,151 @@ impl Default for TrainConfig {
             seed: 42,
             eval_every: 0,
             save_every: 0,
+            save_every_minutes: 10.0,
+            keep_checkpoints: 3,
             log_every: 1,
             gradient_checkpointing: false,
+            group_by_length: false,
+            lr_changes: Vec::new(),
         }
     }
 }
 
 impl TrainConfig {
-    /// Check the values a person can get wrong; the message says which field and what is allowed.
+    /// Check the values a person can get wrong, so that no setting can make a run panic, overflow or
+    /// stall; the message names the field, its value and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
         let l = &self.lora;
-        let checks: [(bool, &str); 12] = [
-            (l.r >= 1 && l.r <= 1024, "lora.r must be between 1 and 1024"),
+        let mut checks: Vec<(bool, String)> = vec![
+            (
+                (1..=1024).contains(&l.r),
+                format!("lora.r is {}: it must be between 1 and 1024", l.r),
+            ),
             (
                 l.alpha > 0.0 && l.alpha.is_finite(),
-                "lora.alpha must be a positive number",
+                format!("lora.alpha is {}: it must be a positive number", l.alpha),
             ),
             (
                 (0.0..1.0).contains(&l.dropout),
-                "lora.dropout must be at least 0 and below 1",
+                format!(
+                    "lora.dropout is {}: it must be at least 0 and below 1",
+                    l.dropout
+                ),
             ),
             (
                 !l.targets.is_empty(),
-                "lora.targets must name at least one module (e.g. q_proj)",
+                "lora.targets is empty: it must name at least one module (e.g. q_proj)".into(),
             ),
-            (
-                self.epochs > 0.0 || self.max_steps.is_some_and(|s| s > 0),
-                "epochs or max_steps must be above 0",
-            ),
+        ];
+        match self.max_steps {
+            Some(0) => checks.push((
+                false,
+                "max_steps is 0: it must be at least 1 (or leave it out to train for `epochs`)"
+                    .into(),
+            )),
+            Some(steps) => checks.push((
+                steps <= MAX_STEPS,
+                format!("max_steps is {steps}: it must be at most {MAX_STEPS}"),
+            )),
+            None => checks.push((
+                self.epochs > 0.0 && self.epochs <= MAX_EPOCHS,
+                format!(
+                    "epochs is {}: it must be above 0 and at most {MAX_EPOCHS} (or set max_steps)",
+                    self.epochs
+                ),
+            )),
+        }
+        let per_step = self.micro_batch_size.checked_mul(self.grad_accum);
+        checks.extend([
             (
                 self.micro_batch_size >= 1,
-                "micro_batch_size must be at least 1",
+                "micro_batch_size is 0: it must be at least 1".into(),
             ),
-            (self.grad_accum >= 1, "grad_accum must be at least 1"),
+            (
+                self.grad_accum >= 1,
+                "grad_accum is 0: it must be at least 1".into(),
+            ),
+            (
+                per_step.is_some_and(|n| n <= MAX_EXAMPLES_PER_STEP),
+                format!(
+                    "micro_batch_size × grad_accum is {} × {}: one step may take at most {MAX_EXAMPLES_PER_STEP} examples; lower grad_accum",
+                    self.micro_batch_size, self.grad_accum
+                ),
+            ),
             (
                 self.lr > 0.0 && self.lr < 1.0,
-                "lr must be above 0 and below 1 (typical LoRA values: 1e-4 to 5e-4)",
+                format!(
+                    "lr is {}: it must be above 0 and below 1 (typical LoRA values: 1e-4 to 5e-4)",
+                    self.lr
+                ),
             ),
             (
                 (0.0..1.0).contains(&self.betas.0) && (0.0..1.0).contains(&self.betas.1),
-                "betas must each be in [0, 1)",
+                format!(
+                    "betas are ({}, {}): each must be at least 0 and below 1",
+                    self.betas.0, self.betas.1
+                ),
             ),
             (
-                self.eps > 0.0 && self.weight_decay >= 0.0,
-                "eps must be above 0 and weight_decay at least 0",
+                self.eps > 0.0 && self.eps.is_finite(),
+                format!("eps is {}: it must be a positive number", self.eps),
+            ),
+            (
+                self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
+                format!(
+                    "weight_decay is {}: it must be a number at least 0",
+                    self.weight_decay
+                ),
             ),
             (
                 (0.0..1.0).contains(&self.warmup_ratio),
-                "warmup_ratio must be in [0, 1)",
+                format!(
+                    "warmup_ratio is {}: it must be at least 0 and below 1",
+                    self.warmup_ratio
+                ),
             ),
             (
-                self.max_seq_len >= 8 && self.max_grad_norm >= 0.0,
-                "max_seq_len must be at least 8 and max_grad_norm at least 0",
+                self.max_grad_norm >= 0.0,
+                format!(
+                    "max_grad_norm is {}: it must be at least 0 (0 turns clipping off)",
+                    self.max_grad_norm
+                ),
             ),
-        ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(message.to_string()),
+            (
+                (8..=MAX_SEQ_LEN).contains(&self.max_seq_len),
+                format!(
+                    "max_seq_len is {}: it must be between 8 and {MAX_SEQ_LEN}",
+                    self.max_seq_len
+                ),
+            ),
+            (
+                self.save_every_minutes >= 0.0 && self.save_every_minutes.is_finite(),
+                format!(
+                    "save_every_minutes is {}: it must be a number at least 0 (0 turns time-based checkpoints off)",
+                    self.save_every_minutes
+                ),
+            ),
+        ]);
+        for (i, change) in self.lr_changes.iter().enumerate() {
+            checks.push((
+                change.lr > 0.0 && change.lr < 1.0,
+                format!(
+                    "lr_changes[{i}].lr is {}: it must be above 0 and below 1",
+                    change.lr
+                ),
+            ));
+            if let Some(before) = i.checked_sub(1).map(|j| &self.lr_changes[j]) {
+                checks.push((
+                    before.step < change.step,
+                    format!(
+                        "lr_changes[{i}].step is {}: changes must be in increasing step order",
+                        change.step
+                    ),
+                ));
+            }
+        }
+        match checks.into_iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(message),
             None => Ok(()),
         }
     }
@@ -142,7 +263,7 @@ impl TrainConfig {
     /// Optimizer steps in one pass over `examples` examples.
     pub fn total_steps_per_epoch(&self, examples: usize) -> usize {
         examples
-            .div_ceil(self.micro_batch_size * self.grad_accum)
+            .div_ceil(self.micro_batch_size.saturating_mul(self.grad_accum).max(1))
             .max(1)
     }
 
@@ -160,20 +281,39 @@ impl TrainConfig {
             .unwrap_or_else(|| (self.warmup_ratio * total_steps as f64).ceil() as usize)
     }
 
+    /// The schedule's peak learning rate at optimizer step `step`: `lr`, or the last change made
+    /// at or before `step`.
+    pub fn peak_lr_at(&self, step: usize) -> f64 {
+        self.lr_changes
+            .iter()
+            .rev()
+            .find(|c| c.step <= step)
+            .map_or(self.lr, |c| c.lr)
+    }
+
     /// The learning rate at optimizer step `step` (0-based), as transformers' schedulers compute it.
     pub fn lr_at(&self, step: usize, total_steps: usize) -> f64 {
+        let peak = self.peak_lr_at(step);
         let warmup = self.warmup(total_steps);
         if step < warmup {
-            return self.lr * step as f64 / warmup.max(1) as f64;
+            return peak * step as f64 / warmup.max(1) as f64;
         }
         let span = total_steps.saturating_sub(warmup).max(1) as f64;
         let progress = (step - warmup) as f64 / span;
         match self.schedule {
-            Schedule::Constant => self.lr,
-            Schedule::Linear => self.lr * (1.0 - progress).max(0.0),
+            Schedule::Constant => peak,
+            Schedule::Linear => peak * (1.0 - progress).max(0.0),
             Schedule::Cosine => {
-                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+                peak * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
             }
+        }
+    }
+
+    /// Optimizer steps between the checkpoints saved by step count: `save_every`, or a tenth of the run.
+    pub fn checkpoint_interval(&self, total_steps: usize) -> usize {
+        match self.save_every {
+            0 => total_steps.div_ceil(10).max(1),
+            n => n,
         }
     }
 }
@@ -262,6 +402,178 @@ mod tests {
             }
             .total_steps(10),
             7
+        );
+    }
+
+    /// Every bound that could make a run panic (an overflowing product), stall (epochs without end) or
+    /// end untrained (`max_steps = 0`) is refused, and the message names the field.
+    #[test]
+    fn bounds_that_could_panic_or_stall_are_refused() {
+        let d = TrainConfig::default;
+        let cases: Vec<(TrainConfig, &str)> = vec![
+            (
+                TrainConfig {
+                    micro_batch_size: usize::MAX / 2,
+                    grad_accum: 4,
+                    ..d()
+                },
+                "micro_batch_size × grad_accum",
+            ),
+            (
+                TrainConfig {
+                    micro_batch_size: 2048,
+                    grad_accum: 2048,
+                    ..d()
+                },
+                "micro_batch_size × grad_accum",
+            ),
+            (
+                TrainConfig {
+                    max_steps: Some(0),
+                    ..d()
+                },
+                "max_steps is 0",
+            ),
+            (
+                TrainConfig {
+                    max_steps: Some(usize::MAX),
+                    ..d()
+                },
+                "max_steps",
+            ),
+            (
+                TrainConfig {
+                    epochs: f64::INFINITY,
+                    ..d()
+                },
+                "epochs",
+            ),
+            (
+                TrainConfig {
+                    epochs: f64::NAN,
+                    ..d()
+                },
+                "epochs",
+            ),
+            (
+                TrainConfig {
+                    epochs: 1e300,
+                    ..d()
+                },
+                "epochs",
+            ),
+            (
+                TrainConfig {
+                    eps: f64::NAN,
+                    ..d()
+                },
+                "eps",
+            ),
+            (
+                TrainConfig {
+                    weight_decay: f64::INFINITY,
+                    ..d()
+                },
+                "weight_decay",
+            ),
+            (
+                TrainConfig {
+                    max_grad_norm: f64::NAN,
+                    ..d()
+                },
+                "max_grad_norm",
+            ),
+            (
+                TrainConfig {
+                    max_seq_len: usize::MAX,
+                    ..d()
+                },
+                "max_seq_len",
+            ),
+            (
+                TrainConfig {
+                    save_every_minutes: f64::NAN,
+                    ..d()
+                },
+                "save_every_minutes",
+            ),
+            (
+                TrainConfig {
+                    lr_changes: vec![LrChange { step: 3, lr: 2.0 }],
+                    ..d()
+                },
+                "lr_changes[0].lr",
+            ),
+            (
+                TrainConfig {
+                    lr_changes: vec![
+                        LrChange { step: 3, lr: 1e-4 },
+                        LrChange { step: 3, lr: 5e-5 },
+                    ],
+                    ..d()
+                },
+                "lr_changes[1].step",
+            ),
+        ];
+        for (config, field) in cases {
+            match config.validate() {
+                Err(message) => assert!(message.contains(field), "{field}: {message}"),
+                Ok(()) => panic!("{field} out of bounds was accepted"),
+            }
+        }
+        // With max_steps set, epochs is not used and is not checked.
+        let steps_only = TrainConfig {
+            max_steps: Some(5),
+            epochs: 0.0,
+            ..d()
+        };
+        assert_eq!(steps_only.validate(), Ok(()));
+        assert_eq!(steps_only.total_steps(10), 5);
+    }
+
+    #[test]
+    fn checkpoints_by_default_every_tenth_of_the_run() {
+        let c = TrainConfig::default();
+        assert_eq!(c.save_every, 0);
+        assert_eq!(c.save_every_minutes, 10.0);
+        assert_eq!(c.keep_checkpoints, 3);
+        assert_eq!(c.checkpoint_interval(100), 10);
+        assert_eq!(c.checkpoint_interval(95), 10);
+        assert_eq!(c.checkpoint_interval(7), 1);
+        let explicit = TrainConfig {
+            save_every: 25,
+            ..c
+        };
+        assert_eq!(explicit.checkpoint_interval(100), 25);
+    }
+
+    #[test]
+    fn a_learning_rate_change_rescales_the_rest_of_the_schedule() {
+        let c = TrainConfig {
+            lr: 1.0,
+            warmup_steps: Some(0),
+            schedule: Schedule::Linear,
+            lr_changes: vec![LrChange { step: 50, lr: 0.5 }],
+            ..TrainConfig::default()
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(
+            close(c.lr_at(49, 100), 0.51),
+            "before the change: the first peak"
+        );
+        assert!(
+            close(c.lr_at(50, 100), 0.25),
+            "from the change on: the new peak"
+        );
+        assert!(close(c.lr_at(60, 100), 0.2));
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("[[lr_changes]]"), "{text}");
+        assert_eq!(toml::from_str::<TrainConfig>(&text).unwrap(), c);
+        assert!(
+            !toml::to_string(&TrainConfig::default())
+                .unwrap()
+                .contains("lr_changes"),
+            "no changes, no entry"
         );
     }
 }

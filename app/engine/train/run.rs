@@ -7,7 +7,9 @@
 //!   checkpoints/step-N/  adapter (PEFT format) + optimizer.safetensors + trainer_state.json
 //!   adapter/           the final adapter (PEFT format)
 //! ```
-//! Every file is written atomically; a checkpoint folder appears only once it is complete.
+//! Every file is written atomically; a checkpoint folder appears only once it is complete, and is
+//! flushed to disk (files, folder and parent) before training goes on. Only the last few checkpoints are
+//! kept (`keep_checkpoints`); one that cannot be read when resuming is renamed `unreadable-step-N`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::TrainConfig;
 use crate::engine::error::{ModelError, Result};
-use crate::engine::fsutil::{produce_dir_atomic, write_atomic};
+use crate::engine::fsutil::{produce_dir_atomic, sync_dir, sync_parent, write_atomic};
 
 /// run.toml: the model, the data (with a content hash, so a changed file is noticed on resume) and
 /// the whole training configuration.
@@ -232,10 +234,46 @@ impl RunDir {
         fill: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<PathBuf> {
         let dir = self.checkpoints_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| sync_parent(&dir))
+                .map_err(|e| ModelError::io(&dir, e))?;
+        }
         let done = dir.join(format!("step-{step}"));
         produce_dir_atomic(&done, true, fill, |e| ModelError::io(&done, e))?;
         Ok(done)
+    }
+
+    /// Delete the oldest checkpoints so that at most `keep` remain (0 keeps all); the newest is never
+    /// deleted. Returns the steps deleted.
+    pub fn prune_checkpoints(&self, keep: usize) -> Result<Vec<usize>> {
+        let all = self.checkpoints();
+        if keep == 0 || all.len() <= keep {
+            return Ok(Vec::new());
+        }
+        let mut deleted = Vec::new();
+        for (step, path) in &all[..all.len() - keep] {
+            std::fs::remove_dir_all(path).map_err(|e| ModelError::io(path, e))?;
+            deleted.push(*step);
+        }
+        let dir = self.checkpoints_dir();
+        sync_dir(&dir).map_err(|e| ModelError::io(&dir, e))?;
+        Ok(deleted)
+    }
+
+    /// Move a checkpoint that cannot be read out of the way (to `unreadable-step-N`, replacing an older
+    /// one of that name), so that it is neither resumed from nor counted as one of the kept checkpoints,
+    /// yet is still there to look at.
+    pub fn set_aside_checkpoint(&self, path: &Path) -> Result<PathBuf> {
+        let name = path
+            .file_name()
+            .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
+        let aside = path.with_file_name(format!("unreadable-{name}"));
+        let _ = std::fs::remove_dir_all(&aside);
+        std::fs::rename(path, &aside)
+            .and_then(|()| sync_parent(&aside))
+            .map_err(|e| ModelError::io(path, e))?;
+        Ok(aside)
     }
 }
 

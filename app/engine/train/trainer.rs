@@ -1,26 +1,28 @@
-//! The training loop, on its own thread: micro-batches → masked loss → gradients of A and B only →
-//! clipped AdamW step, with evaluation, checkpoints, pause/resume/cancel and events for the UI and CLI.
-//! The whole algorithm is in `Trainer::run`.
+//! The training loop, on its own thread: optimizer steps ([`super::step`]) in a seeded batch order, with
+//! evaluation, checkpoints (by step count, by time, on pause, on cancel, at the end), pause/resume/cancel,
+//! learning-rate changes and events for the UI and CLI. The whole algorithm is in `Trainer::run`.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
 use serde::Serialize;
 use serde_json::json;
 
-use super::config::TrainConfig;
+use super::checkpoint::{self, Skipped};
+use super::config::{LrChange, TrainConfig};
 use super::loss::masked_lm_loss;
 use super::memory::{self, StepMemory};
-use super::optim::{clip_grad_norm, AdamW};
-use super::run::{RunDir, OPTIMIZER_STATE, TRAINER_STATE};
-use crate::engine::adapter::{self, peft_key};
+use super::optim::AdamW;
+use super::order::BatchOrder;
+use super::run::RunDir;
+use super::step::{pack, train_step, Batch, StepOutcome};
+use crate::engine::adapter;
 use crate::engine::data::Example;
 use crate::engine::error::{ModelError, Result};
 use crate::engine::model::Model;
-use crate::engine::rng::SplitMix64;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepMetrics {
@@ -77,14 +79,25 @@ pub enum TrainEvent {
         reason: String,
         advice: String,
     },
+    /// Something to tell the person that does not stop the run: a checkpoint that could not be read
+    /// and was skipped, a learning-rate change.
+    Notice {
+        message: String,
+    },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TrainCommand {
+    /// Stop between steps, saving a checkpoint of the steps done so far.
     Pause,
     Resume,
-    /// Stop after the current step, saving a checkpoint first.
+    /// Stop before the next micro-batch. The checkpoint saved holds the last completed optimizer step
+    /// (the unfinished step's gradients are dropped), so a resumed run redoes that step and continues
+    /// exactly as if never stopped.
     Cancel,
+    /// From the next step on, the schedule peaks at this learning rate instead (e.g. lower, after a
+    /// divergence); recorded in run.toml's `lr_changes` and in metrics.jsonl.
+    SetLr(f64),
 }
 
 /// Everything one run needs; moved into the worker thread.
@@ -96,7 +109,7 @@ pub struct TrainJob {
     pub run: RunDir,
     /// Written into adapter_config.json as `base_model_name_or_path`.
     pub base_model: String,
-    /// Continue from the run's last checkpoint.
+    /// Continue from the run's newest checkpoint that loads.
     pub resume: bool,
     pub pad_id: u32,
 }
@@ -203,14 +216,13 @@ struct Trainer {
     optimizer: AdamW,
     total_steps: usize,
     start_step: usize,
-}
-
-/// One micro-batch: ids and loss mask `(b, t)`, and how many tokens it trains on.
-struct Batch {
-    ids: Tensor,
-    mask: Tensor,
-    real_tokens: usize,
-    targets: usize,
+    order: BatchOrder,
+    /// Commands that arrived during a step and wait for its end (all but Cancel).
+    deferred: VecDeque<TrainCommand>,
+    /// The newest checkpoint on disk: its step and folder.
+    saved: Option<(usize, PathBuf)>,
+    /// When the last checkpoint was saved (or training started), for the time-based checkpoints.
+    saved_at: Instant,
 }
 
 impl Trainer {
@@ -229,46 +241,35 @@ impl Trainer {
             ));
         }
         let mut job = job;
-        let resume_from = match job.resume {
-            true => job.run.checkpoints().pop(),
-            false => None,
-        };
-        match &resume_from {
-            Some((_, dir)) => {
-                adapter::load_peft(&mut job.model, dir)?;
+        let (start_step, saved, optimizer) = match job.resume {
+            true => {
+                let mut skipped = |s: Skipped| {
+                    let _ = events.send(TrainEvent::Notice {
+                        message: skipped_message(&s),
+                    });
+                };
+                let (step, dir, optimizer) =
+                    checkpoint::load_newest(&job.run, &mut job.model, &job.config, &mut skipped)?;
+                job.run.truncate_metrics_after(step)?;
+                forget_lr_changes_after(&mut job, step)?;
+                (step, Some((step, dir)), optimizer)
             }
-            None => {
+            false => {
                 job.model.attach_lora(&job.config.lora, job.config.seed)?;
+                let optimizer = checkpoint::optimizer_for(&job.model, &job.config)?;
+                (0, None, optimizer)
             }
-        }
+        };
         job.model
             .set_gradient_checkpointing(job.config.gradient_checkpointing)?;
-        let params = job
-            .model
-            .adapters()
-            .flat_map(|(path, ad)| {
-                [
-                    (peft_key(path, "A"), ad.a.clone()),
-                    (peft_key(path, "B"), ad.b.clone()),
-                ]
-            })
-            .collect();
-        let c = &job.config;
-        let mut optimizer = AdamW::new(params, c.betas, c.eps, c.weight_decay)?;
-        let mut start_step = 0;
-        if let Some((step, dir)) = &resume_from {
-            let path = dir.join(OPTIMIZER_STATE);
-            let state = candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| {
-                ModelError::Safetensors {
-                    path: path.clone(),
-                    message: format!("cannot read the optimizer state: {e}"),
-                }
-            })?;
-            optimizer.load_state(&state)?;
-            start_step = *step;
-            job.run.truncate_metrics_after(start_step)?;
-        }
         let total_steps = job.config.total_steps(job.train.len());
+        let c = &job.config;
+        let lengths = job
+            .train
+            .iter()
+            .map(|e| e.ids.len().min(c.max_seq_len))
+            .collect();
+        let order = BatchOrder::new(lengths, c.micro_batch_size, c.seed, c.group_by_length);
         Ok(Trainer {
             job,
             events,
@@ -276,6 +277,10 @@ impl Trainer {
             optimizer,
             total_steps,
             start_step,
+            order,
+            deferred: VecDeque::new(),
+            saved,
+            saved_at: Instant::now(),
         })
     }
 
@@ -322,6 +327,7 @@ impl Trainer {
             total_parameters: self.job.model.arch.parameter_count() + trainable as u64,
         });
         let started = Instant::now();
+        self.saved_at = started;
         let mut last_loss = None;
         let mut last_eval = None;
         // The base model's eval loss: the number the run has to beat.
@@ -329,26 +335,23 @@ impl Trainer {
             last_eval = Some(self.evaluate(0)?);
         }
         let per_epoch = self.job.config.total_steps_per_epoch(self.job.train.len());
+        let interval = self.job.config.checkpoint_interval(self.total_steps);
         for step in self.start_step..self.total_steps {
             if let Some(stop) = self.obey_commands(step)? {
                 return stop;
             }
             let step_start = Instant::now();
             let lr = self.job.config.lr_at(step, self.total_steps);
-            let (loss, grad_norm, tokens) = self.train_step(step, lr)?;
+            let Some(StepOutcome {
+                loss,
+                grad_norm,
+                tokens,
+            }) = self.step(step, lr)?
+            else {
+                return self.cancel(step);
+            };
             if !loss.is_finite() || !grad_norm.is_finite() {
-                let last = self.job.run.checkpoints().pop().map(|(s, _)| s);
-                let what = match loss.is_finite() {
-                    true => format!("the gradients' norm became {grad_norm}"),
-                    false => format!("the loss became {loss}"),
-                };
-                self.send(TrainEvent::Failed {
-                    reason: format!("{what} at step {}", step + 1),
-                    advice: format!(
-                        "Training diverged: lower the learning rate (now {lr:.2e}; try half), or check the data for very long or broken rows.{}",
-                        last.map_or(String::new(), |s| format!(" The last good checkpoint is step {s}; its adapter is kept."))
-                    ),
-                });
+                self.diverged(step, loss, grad_norm, lr);
                 return Ok(());
             }
             last_loss = Some(loss);
@@ -382,14 +385,17 @@ impl Trainer {
             } else {
                 epoch_end
             };
+            let minutes = c.save_every_minutes;
+            let save_due = done % interval == 0
+                || (minutes > 0.0 && self.saved_at.elapsed().as_secs_f64() >= minutes * 60.0);
             if !self.job.eval.is_empty() && (eval_due || done == self.total_steps) {
                 last_eval = Some(self.evaluate(done)?);
             }
-            if c.save_every > 0 && done % c.save_every == 0 && done < self.total_steps {
+            if save_due && done < self.total_steps {
                 self.checkpoint(done)?;
             }
         }
-        self.checkpoint(self.total_steps)?;
+        self.checkpoint_now(self.total_steps)?;
         let adapter_dir = self.job.run.adapter_dir();
         adapter::save_peft(
             &self.job.model,
@@ -406,146 +412,140 @@ impl Trainer {
         Ok(())
     }
 
-    /// Handle pause/resume/cancel between steps. `Some` ends the run.
-    fn obey_commands(&self, step: usize) -> Result<Option<Result<()>>> {
+    /// Stop the run: the loss or the gradients are no longer numbers. The step was not applied.
+    fn diverged(&self, step: usize, loss: f64, grad_norm: f64, lr: f64) {
+        let last = self.saved.as_ref().map(|(s, _)| *s);
+        let what = match loss.is_finite() {
+            true => format!("the gradients' norm became {grad_norm}"),
+            false => format!("the loss became {loss}"),
+        };
+        let peak = self.job.config.peak_lr_at(step);
+        let resume = match last {
+            Some(s) => format!(
+                " The last good checkpoint is step {s}; continue from it with a lower rate: `loft train --resume {} --lr {:.1e}`.",
+                self.job.run.path.display(),
+                peak / 2.0
+            ),
+            None => String::new(),
+        };
+        self.send(TrainEvent::Failed {
+            reason: format!("{what} at step {}", step + 1),
+            advice: format!(
+                "Training diverged: lower the learning rate (now {lr:.2e}; try half), or check the data for very long or broken rows.{resume}"
+            ),
+        });
+    }
+
+    /// Handle the commands waiting between steps (`step` steps done). `Some` ends the run.
+    fn obey_commands(&mut self, step: usize) -> Result<Option<Result<()>>> {
         let mut paused = false;
         loop {
-            let command = if paused {
-                match self.commands.recv() {
-                    Ok(c) => c,
-                    Err(_) => TrainCommand::Cancel,
-                }
-            } else {
-                match self.commands.try_recv() {
+            let command = match self.deferred.pop_front() {
+                Some(c) => c,
+                None if paused => self.commands.recv().unwrap_or(TrainCommand::Cancel),
+                None => match self.commands.try_recv() {
                     Ok(c) => c,
                     Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return Ok(None),
-                }
+                },
             };
             match command {
                 TrainCommand::Pause if !paused => {
+                    // A pause may turn into closing the app or switching the machine off: save first.
+                    self.checkpoint_now(step)?;
                     paused = true;
                     self.send(TrainEvent::Paused { step });
                 }
                 TrainCommand::Resume if paused => {
+                    // Train on at once; what came after Resume is heard between micro-batches.
                     self.send(TrainEvent::Resumed { step });
                     return Ok(None);
                 }
-                TrainCommand::Cancel => {
-                    let checkpoint = match step > self.start_step {
-                        true => Some(self.checkpoint(step)?),
-                        false => None,
-                    };
-                    self.send(TrainEvent::Cancelled { step, checkpoint });
-                    return Ok(Some(Ok(())));
-                }
+                TrainCommand::Cancel => return Ok(Some(self.cancel(step))),
+                TrainCommand::SetLr(lr) => self.change_lr(step, lr)?,
                 _ => {}
             }
         }
     }
 
-    /// One optimizer step over `grad_accum` micro-batches. The loss is averaged over every trained
-    /// token of the step (not per micro-batch), as transformers does with gradient accumulation.
-    fn train_step(&mut self, step: usize, lr: f64) -> Result<(f64, f64, usize)> {
-        let c = &self.job.config;
-        let batches: Vec<Batch> = (0..c.grad_accum)
-            .map(|micro| self.batch(step * c.grad_accum + micro))
+    /// End the run after `step` completed steps, with a checkpoint of them.
+    fn cancel(&mut self, step: usize) -> Result<()> {
+        let checkpoint = self.checkpoint_now(step)?;
+        self.send(TrainEvent::Cancelled { step, checkpoint });
+        Ok(())
+    }
+
+    /// From step `step` on, the schedule peaks at `lr`: kept in the config, written to run.toml (so the run
+    /// can be redone exactly) and noted in metrics.jsonl.
+    fn change_lr(&mut self, step: usize, lr: f64) -> Result<()> {
+        let previous = self.job.config.peak_lr_at(step);
+        let mut changed = self.job.config.clone();
+        changed.lr_changes.retain(|c| c.step < step);
+        changed.lr_changes.push(LrChange { step, lr });
+        if let Err(problem) = changed.validate() {
+            self.send(TrainEvent::Notice {
+                message: format!("the learning rate was not changed: {problem}"),
+            });
+            return Ok(());
+        }
+        self.job.config = changed;
+        self.record_lr_changes()?;
+        self.job
+            .run
+            .log_metrics(&json!({"step": step, "lr_change": lr, "previous_peak_lr": previous}))?;
+        self.send(TrainEvent::Notice {
+            message: format!(
+                "after step {step} the learning rate peaks at {lr:e} instead of {previous:e} (recorded in run.toml)"
+            ),
+        });
+        Ok(())
+    }
+
+    /// Write the config's learning-rate changes into the run's run.toml.
+    fn record_lr_changes(&self) -> Result<()> {
+        let mut spec = self.job.run.read_spec()?;
+        spec.train.lr_changes = self.job.config.lr_changes.clone();
+        self.job.run.write_spec(&spec)
+    }
+
+    /// Optimizer step number `step` (0-based), abandoned (`None`) when a Cancel arrives before one of its
+    /// micro-batches; other commands that arrive meanwhile wait for the step's end.
+    fn step(&mut self, step: usize, lr: f64) -> Result<Option<StepOutcome>> {
+        let accum = self.job.config.grad_accum;
+        let first = step * accum;
+        let batches: Vec<Batch> = (first..first + accum)
+            .map(|index| self.batch(index))
             .collect::<Result<_>>()?;
-        let step_targets: usize = batches.iter().map(|b| b.targets).sum::<usize>().max(1);
-        let mut grads: Vec<Option<Tensor>> = vec![None; self.optimizer.params().len()];
-        let mut loss_sum = 0.0;
-        let mut tokens = 0;
-        for (micro, batch) in batches.iter().enumerate() {
-            tokens += batch.real_tokens;
-            if batch.targets == 0 {
-                continue; // every row of this micro-batch is prompt only: nothing to learn from it
+        let (commands, deferred) = (&self.commands, &mut self.deferred);
+        let mut cancelled = || loop {
+            match commands.try_recv() {
+                Ok(TrainCommand::Cancel) => return true,
+                Ok(other) => deferred.push_back(other),
+                Err(_) => return false,
             }
-            let key =
-                c.seed ^ ((step * c.grad_accum + micro) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
-            self.job.model.dropout_key().set(Some(key));
-            let (loss, count) = masked_lm_loss(&self.job.model, &batch.ids, &batch.mask)?;
-            let weight = count / step_targets as f64;
-            let weighted = (loss * weight)?;
-            loss_sum += weighted.to_scalar::<f32>()? as f64;
-            let store = weighted.backward()?;
-            for (slot, (_, var)) in grads.iter_mut().zip(self.optimizer.params()) {
-                // Checkpointed layers hand their adapters' gradients over beside autograd's store.
-                let g = match (
-                    store.get(var.as_tensor()),
-                    self.job.model.take_checkpoint_grad(var),
-                ) {
-                    (Some(a), Some(b)) => Some((a + b)?),
-                    (Some(a), None) => Some(a.clone()),
-                    (None, b) => b,
-                };
-                if let Some(g) = g {
-                    *slot = Some(match slot.take() {
-                        Some(acc) => (acc + g)?,
-                        None => g,
-                    });
-                }
-            }
-        }
-        self.job.model.dropout_key().set(None);
-        let mut grads: Vec<Tensor> = grads
-            .into_iter()
-            .zip(self.optimizer.params())
-            .map(|(g, (_, v))| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
-            .collect::<candle_core::Result<_>>()?;
-        let norm = clip_grad_norm(&mut grads, c.max_grad_norm)?;
-        // A non-finite step is never applied: the run stops with the weights of the last good step.
-        if loss_sum.is_finite() && norm.is_finite() {
-            self.optimizer.apply(&grads, lr)?;
-        }
-        Ok((loss_sum, norm, tokens))
+        };
+        let c = &self.job.config;
+        train_step(
+            &self.job.model,
+            &mut self.optimizer,
+            &batches,
+            lr,
+            c.max_grad_norm,
+            c.seed,
+            first,
+            &mut cancelled,
+        )
     }
 
-    /// Micro-batch number `index` of the run: examples in a seeded order that reshuffles every epoch,
-    /// a pure function of the index, so a resumed run sees exactly the batches it would have.
-    fn batch(&self, index: usize) -> Result<Batch> {
-        let n = self.job.train.len();
-        let size = self.job.config.micro_batch_size;
-        let mut order: Option<(usize, Vec<usize>)> = None;
-        let mut rows = Vec::with_capacity(size);
-        for position in index * size..(index + 1) * size {
-            let (epoch, offset) = (position / n, position % n);
-            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                order = Some((epoch, epoch_order(self.job.config.seed, epoch, n)));
-            }
-            if let Some((_, o)) = &order {
-                rows.push(&self.job.train[o[offset]]);
-            }
-        }
-        self.pack(&rows)
-    }
-
-    /// Right-pad rows to the longest; padding is masked out of the loss.
-    fn pack(&self, rows: &[&Example]) -> Result<Batch> {
-        let max = self.job.config.max_seq_len;
-        let width = rows
-            .iter()
-            .map(|r| r.ids.len().min(max))
-            .max()
-            .unwrap_or(0)
-            .max(2);
-        let mut ids = Vec::with_capacity(rows.len() * width);
-        let mut mask = Vec::with_capacity(rows.len() * width);
-        let (mut real_tokens, mut targets) = (0, 0);
-        for row in rows {
-            let len = row.ids.len().min(max);
-            real_tokens += len;
-            targets += row.mask[..len].iter().skip(1).filter(|m| **m).count();
-            ids.extend_from_slice(&row.ids[..len]);
-            ids.extend(std::iter::repeat_n(self.job.pad_id, width - len));
-            mask.extend(row.mask[..len].iter().map(|&m| if m { 1f32 } else { 0.0 }));
-            mask.extend(std::iter::repeat_n(0f32, width - len));
-        }
-        let device = self.job.model.device();
-        Ok(Batch {
-            ids: Tensor::from_vec(ids, (rows.len(), width), device)?,
-            mask: Tensor::from_vec(mask, (rows.len(), width), device)?,
-            real_tokens,
-            targets,
-        })
+    /// Micro-batch number `index` of the run.
+    fn batch(&mut self, index: usize) -> Result<Batch> {
+        let rows = self.order.micro_batch(index);
+        let rows: Vec<&Example> = rows.iter().map(|&i| &self.job.train[i]).collect();
+        pack(
+            &rows,
+            self.job.config.max_seq_len,
+            self.job.pad_id,
+            self.job.model.device(),
+        )
     }
 
     /// Mean loss over every trained token of the eval split; perplexity is its exponential.
@@ -555,7 +555,12 @@ impl Trainer {
         let (mut total, mut count) = (0.0, 0.0);
         for chunk in self.job.eval.chunks(size) {
             let rows: Vec<&Example> = chunk.iter().collect();
-            let batch = self.pack(&rows)?;
+            let batch = pack(
+                &rows,
+                self.job.config.max_seq_len,
+                self.job.pad_id,
+                self.job.model.device(),
+            )?;
             if batch.targets == 0 {
                 continue;
             }
@@ -576,39 +581,62 @@ impl Trainer {
         Ok(loss)
     }
 
-    fn checkpoint(&self, step: usize) -> Result<PathBuf> {
-        let model = &self.job.model;
-        let config = &self.job.config;
-        let state = self.optimizer.state()?;
-        let path = self.job.run.save_checkpoint(step, |dir| {
-            adapter::save_peft(model, &config.lora, &self.job.base_model, dir)?;
-            let opt_path = dir.join(OPTIMIZER_STATE);
-            candle_core::safetensors::save(&state, &opt_path).map_err(|e| {
-                ModelError::Safetensors {
-                    path: opt_path.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-            let trainer_state =
-                json!({"step": step, "total_steps": self.total_steps, "seed": config.seed});
-            let state_path = dir.join(TRAINER_STATE);
-            std::fs::write(&state_path, trainer_state.to_string())
-                .map_err(|e| ModelError::io(&state_path, e))
-        })?;
+    /// A checkpoint of the `step` steps done, unless the newest one already holds them; `None` at step 0
+    /// (there is nothing to save yet).
+    fn checkpoint_now(&mut self, step: usize) -> Result<Option<PathBuf>> {
+        match &self.saved {
+            Some((saved, path)) if *saved == step => Ok(Some(path.clone())),
+            _ if step == 0 => Ok(None),
+            _ => self.checkpoint(step).map(Some),
+        }
+    }
+
+    /// Save a checkpoint of the `step` steps done, then delete the oldest beyond `keep_checkpoints`.
+    fn checkpoint(&mut self, step: usize) -> Result<PathBuf> {
+        let path = checkpoint::save(
+            &self.job.run,
+            step,
+            self.total_steps,
+            &self.job.model,
+            &self.optimizer,
+            &self.job.config,
+            &self.job.base_model,
+        )?;
+        self.saved = Some((step, path.clone()));
+        self.saved_at = Instant::now();
         self.send(TrainEvent::CheckpointSaved {
             step,
             path: path.clone(),
         });
+        self.job
+            .run
+            .prune_checkpoints(self.job.config.keep_checkpoints)?;
         Ok(path)
     }
 }
 
-/// The order of the training examples in `epoch`: a Fisher–Yates shuffle seeded by (seed, epoch).
-fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .shuffle(&mut order);
-    order
+/// What to tell the person about a checkpoint resuming could not read.
+fn skipped_message(s: &Skipped) -> String {
+    let moved = s.moved_to.as_ref().map_or(String::new(), |p| {
+        format!("; it was moved to {}", p.display())
+    });
+    format!(
+        "the checkpoint of step {} cannot be read, so an older one is used ({}){moved}",
+        s.step, s.reason
+    )
+}
+
+/// Learning-rate changes made after the checkpoint a run resumes from belong to work that is lost, as
+/// its metrics do: forget them, in the config and in run.toml.
+fn forget_lr_changes_after(job: &mut TrainJob, step: usize) -> Result<()> {
+    let before = job.config.lr_changes.len();
+    job.config.lr_changes.retain(|c| c.step <= step);
+    if job.config.lr_changes.len() != before {
+        let mut spec = job.run.read_spec()?;
+        spec.train.lr_changes = job.config.lr_changes.clone();
+        job.run.write_spec(&spec)?;
+    }
+    Ok(())
 }
 
 /// Resident memory of this process in bytes (0 where the system does not say).
