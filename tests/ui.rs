@@ -6,12 +6,13 @@
 mod hub_server;
 mod support;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
-use loft::ui::{AppOptions, LoftApp, Page, Phase};
+use loft::ui::{AppOptions, EvalChoice, LoftApp, LoftWindow, Page, Phase};
 
 /// A file dropped on the window.
 #[derive(Debug)]
@@ -54,7 +55,7 @@ fn launch(runs: &Path, remembered: Option<loft::ui::Remembered>) -> Harness<'sta
         .build_ui_state(|ui, app: &mut LoftApp| app.ui(ui), app)
 }
 
-fn drop_files(h: &mut Harness<'static, LoftApp>, paths: &[PathBuf]) {
+fn drop_files<S>(h: &mut Harness<'static, S>, paths: &[PathBuf]) {
     for p in paths {
         h.input_mut()
             .dropped_files
@@ -64,10 +65,10 @@ fn drop_files(h: &mut Harness<'static, LoftApp>, paths: &[PathBuf]) {
 }
 
 /// Step frames until `done` holds; background work arrives between frames.
-fn wait_for(
-    h: &mut Harness<'static, LoftApp>,
+fn wait_for<S>(
+    h: &mut Harness<'static, S>,
     what: &str,
-    done: impl Fn(&Harness<'static, LoftApp>) -> bool,
+    done: impl Fn(&Harness<'static, S>) -> bool,
 ) {
     let deadline = Instant::now() + Duration::from_secs(180);
     while !done(h) {
@@ -77,24 +78,24 @@ fn wait_for(
     }
 }
 
-fn has(h: &Harness<'static, LoftApp>, text: &str) -> bool {
+fn has<S>(h: &Harness<'static, S>, text: &str) -> bool {
     h.query_all_by_label_contains(text).next().is_some()
 }
 
 /// The text of the one widget whose label contains `part`.
-fn text(h: &Harness<'static, LoftApp>, part: &str) -> String {
+fn text<S>(h: &Harness<'static, S>, part: &str) -> String {
     let node = h.get_by_label_contains(part).accesskit_node();
     node.label().or_else(|| node.value()).unwrap_or_default()
 }
 
-fn click(h: &mut Harness<'static, LoftApp>, label: &str) {
+fn click<S>(h: &mut Harness<'static, S>, label: &str) {
     h.get_by_label(label).click();
     h.step();
     h.step();
 }
 
 /// Click the first of several widgets with this label (a run's name is in the table and in its details).
-fn click_first(h: &mut Harness<'static, LoftApp>, label: &str) {
+fn click_first<S>(h: &mut Harness<'static, S>, label: &str) {
     h.get_all_by_label(label).next().expect(label).click();
     h.step();
     h.step();
@@ -340,28 +341,115 @@ fn try_it_streams_an_answer_from_the_base_model() {
     assert!(tokens > 0, "{stats}");
 }
 
+/// eframe's storage interface over a map, as eframe's own file storage keeps it in memory: what
+/// `App::save` writes, the next launch's creation context reads.
+#[derive(Default, Clone)]
+struct Storage(HashMap<String, String>);
+
+impl eframe::Storage for Storage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_string(), value);
+    }
+
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    fn flush(&mut self) {}
+}
+
+/// The window as eframe creates it: its creation context hands it `storage`.
+fn open_window(runs: &Path, storage: &Storage) -> Harness<'static, LoftWindow> {
+    let mut cc = eframe::CreationContext::_new_kittest(egui::Context::default());
+    cc.storage = Some(storage);
+    let window = LoftWindow::new(
+        &cc,
+        AppOptions {
+            runs_dir: runs.to_path_buf(),
+            ..AppOptions::default()
+        },
+    );
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 1000.0))
+        .build_ui_state(|ui, w: &mut LoftWindow| w.app.ui(ui), window)
+}
+
 #[test]
 fn choices_are_remembered_across_launches() {
     let runs = tempfile::tempdir().unwrap();
-    let mut h = app(runs.path());
+    let mut storage = Storage::default();
+    let mut h = open_window(runs.path(), &storage);
     drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
-    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
-    h.state_mut().method.config.lora.r = 8;
-    h.state_mut().page = Page::Method;
-    // eframe stores this as RON; any serde format round-trips it the same way.
-    let saved = serde_json::to_string(&h.state().remembered()).unwrap();
-    let remembered = serde_json::from_str(&saved).unwrap();
-    let mut h = launch(runs.path(), Some(remembered));
-    wait_for(&mut h, "the model to reopen", |h| {
-        h.state().blocker().is_none()
+    wait_for(&mut h, "model and data", |h| {
+        h.state().app.blocker().is_none()
     });
-    assert_eq!(h.state().page, Page::Method);
-    assert_eq!(h.state().method.config.lora.r, 8);
-    assert_eq!(h.state().data.files.len(), 1);
+    h.state_mut().app.method.config.lora.r = 8;
+    h.state_mut().app.data.eval = EvalChoice::Split(20.0);
+    h.state_mut().app.page = Page::Method;
+    eframe::App::save(h.state_mut(), &mut storage);
+    drop(h);
+
+    let mut h = open_window(runs.path(), &storage);
+    wait_for(&mut h, "the model to reopen", |h| {
+        h.state().app.blocker().is_none()
+    });
+    let app = &h.state().app;
+    assert_eq!(app.page, Page::Method);
+    assert_eq!(app.method.config.lora.r, 8);
+    assert_eq!(app.data.eval, EvalChoice::Split(20.0));
+    assert_eq!(app.data.files.len(), 1);
     assert_eq!(
-        h.state().model.spec(),
+        app.model.spec(),
         Some(tiny_chat_model().display().to_string().as_str())
     );
+    assert!(!has(&h, "could not keep"), "nothing was reset");
+}
+
+#[test]
+fn remembered_state_with_unknown_and_missing_settings_keeps_model_data_and_the_rest() {
+    let runs = tempfile::tempdir().unwrap();
+    let model = format!("{:?}", tiny_chat_model().display().to_string());
+    let data = format!("{:?}", sample_chat().display().to_string());
+    // As Loft 0.1 stored it (a RON struct), from a version whose config had a setting this one lacks
+    // (`lora.init`) and lacked most of today's (`lr`, `max_grad_norm`, …).
+    let older = format!(
+        "(page:Method,model:Some({model}),data_files:[{data}],train_file:0,eval:Some(Split(20.0)),\
+         skip_error_rows:false,truncate_overlong:false,train_on_all_tokens:false,\
+         config:Some((lora:(r:8,alpha:16.0,init:\"pissa\"),epochs:2.0,schedule:linear)))"
+    );
+    // As this version stores it (a tree of fields), written by a newer one: a field it does not know,
+    // a setting renamed (`lr` → `learning_rate`), and settings missing.
+    let newer = format!(
+        "{{\"page\":\"Method\",\"model\":{model},\"data_files\":[{data}],\"theme\":\"dark\",\
+         \"config\":{{\"lora\":{{\"r\":8}},\"learning_rate\":0.001,\"epochs\":2.0}}}}"
+    );
+    for (stored, ignored) in [(older, "config.lora.init"), (newer, "config.learning_rate")] {
+        let mut storage = Storage::default();
+        eframe::Storage::set_string(&mut storage, eframe::APP_KEY, stored.clone());
+        let mut h = open_window(runs.path(), &storage);
+        wait_for(&mut h, "the model to reopen", |h| {
+            h.state().app.blocker().is_none()
+        });
+        let app = &h.state().app;
+        let defaults = loft::engine::train::TrainConfig::default();
+        assert_eq!(
+            app.model.spec(),
+            Some(tiny_chat_model().display().to_string().as_str()),
+            "{stored}"
+        );
+        assert_eq!(app.data.files.len(), 1, "{stored}");
+        assert_eq!(app.page, Page::Method, "{stored}");
+        assert_eq!(app.method.config.lora.r, 8, "{stored}");
+        assert_eq!(app.method.config.epochs, 2.0, "{stored}");
+        assert_eq!(app.method.config.lr, defaults.lr, "{stored}");
+        assert_eq!(app.method.config.max_grad_norm, defaults.max_grad_norm);
+        let notice = text(&h, "could not keep some remembered settings");
+        assert!(notice.contains(ignored), "{notice}");
+    }
 }
 
 #[test]

@@ -8,16 +8,16 @@ use std::time::Instant;
 use egui::{Key, RichText, Ui};
 use serde::{Deserialize, Serialize};
 
-use super::data_page::{self, DataPage, EvalChoice};
+use super::data_page::{self, DataPage};
 use super::jobs::Job;
 use super::method_page::{DeviceInfo, MethodPage};
 use super::model_page::ModelPage;
+use super::remembered::Remembered;
 use super::runs_page::{self, RunsPage};
 use super::train_page::{self, TrainPage};
 use super::widgets::{self, GOOD};
 use crate::engine::train::run::{sha256_file, timestamp, RunDir, RunSpec};
 use crate::engine::train::runs::{Curves, RunSummary};
-use crate::engine::train::TrainConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Page {
@@ -47,21 +47,6 @@ impl Page {
             Page::Runs => "Runs",
         }
     }
-}
-
-/// What Loft remembers between launches (eframe stores it with the window's size and position).
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(default)]
-pub struct Remembered {
-    pub page: Page,
-    pub model: Option<String>,
-    pub data_files: Vec<PathBuf>,
-    pub train_file: usize,
-    pub eval: Option<EvalChoice>,
-    pub skip_error_rows: bool,
-    pub truncate_overlong: bool,
-    pub train_on_all_tokens: bool,
-    pub config: Option<TrainConfig>,
 }
 
 /// A run ready to start: its spec and folder, whether it resumes, and the curve it already has.
@@ -140,6 +125,11 @@ impl LoftApp {
             }
         }
         app
+    }
+
+    /// Say something in the status bar until dismissed.
+    pub fn notify(&mut self, text: String) {
+        self.notice = Some(text);
     }
 
     pub fn remembered(&self) -> Remembered {
