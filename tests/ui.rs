@@ -453,7 +453,7 @@ fn remembered_state_with_unknown_and_missing_settings_keeps_model_data_and_the_r
 }
 
 #[test]
-fn closing_the_window_mid_run_keeps_a_checkpoint() {
+fn closing_the_window_mid_run_says_it_saves_a_checkpoint_and_closes_after() {
     let runs = tempfile::tempdir().unwrap();
     let mut h = app(runs.path());
     drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
@@ -462,7 +462,40 @@ fn closing_the_window_mid_run_keeps_a_checkpoint() {
     click(&mut h, "4. Train");
     click(&mut h, "Start training");
     wait_for(&mut h, "steps", |h| h.state().train.curves.loss.len() >= 2);
-    h.state_mut().train.stop_for_exit(Duration::from_secs(60));
+
+    let root = egui::ViewportId::ROOT;
+    let commands = |h: &Harness<'static, LoftApp>| {
+        h.output()
+            .viewport_output
+            .get(&root)
+            .map(|v| v.commands.clone())
+            .unwrap_or_default()
+    };
+    h.input_mut()
+        .viewports
+        .entry(root)
+        .or_default()
+        .events
+        .push(egui::ViewportEvent::Close);
+    let asked = Instant::now();
+    h.step();
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "the frame that saw the close waited for the run"
+    );
+    assert!(
+        commands(&h).contains(&egui::ViewportCommand::CancelClose),
+        "the close is held back while the run saves"
+    );
+    h.step();
+    assert!(
+        has(&h, "Saving a checkpoint"),
+        "the window says why it stays"
+    );
+    wait_for(&mut h, "the window to close", |h| {
+        commands(h).contains(&egui::ViewportCommand::Close)
+    });
+    assert!(matches!(h.state().train.phase, Phase::Cancelled { .. }));
     let run = h.state().train.run_dir.clone().unwrap();
     let (dir, _) = loft::engine::train::run::RunDir::open(&run).unwrap();
     assert!(
@@ -485,6 +518,7 @@ fn a_typed_repo_id_downloads_from_the_hub_and_then_lists_as_cached() {
                 cache_dir: Some(cache.path().to_path_buf()),
                 ..Default::default()
             },
+            ..AppOptions::default()
         },
         None,
     );
@@ -511,4 +545,107 @@ fn a_typed_repo_id_downloads_from_the_hub_and_then_lists_as_cached() {
     wait_for(&mut h, "the cache list", |h| {
         h.query_by_label("loft-test/tiny-chat").is_some()
     });
+}
+
+/// Read syscalls this thread has made (Linux's per-thread I/O accounting).
+fn reads_by_this_thread() -> u64 {
+    let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscr:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("syscr in /proc/thread-self/io")
+}
+
+#[test]
+fn frames_read_no_files_on_the_ui_thread() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    wait_for(&mut h, "the device probe", |h| {
+        h.state().method.device.is_some()
+    });
+    // What reading the counter itself costs.
+    let overhead = {
+        let a = reads_by_this_thread();
+        reads_by_this_thread() - a
+    };
+    for page in Page::ALL {
+        h.state_mut().page = page;
+        // Let the page start its background work (the runs list) and settle.
+        for _ in 0..5 {
+            h.step();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        h.step();
+        let before = reads_by_this_thread();
+        for _ in 0..20 {
+            h.step();
+        }
+        let reads = reads_by_this_thread() - before - overhead;
+        assert_eq!(reads, 0, "20 frames of the {page:?} page read files");
+    }
+}
+
+/// Children of this process that run `program` (any state, a zombie included).
+fn children_running(program: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // "pid (comm) state ppid …": comm may hold spaces, so split after its closing parenthesis.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let ppid = rest.split_whitespace().nth(1);
+            head.ends_with(&format!("({program}")) && ppid == Some(me.as_str())
+        })
+        .collect()
+}
+
+#[test]
+fn opening_a_run_folder_leaves_no_zombie_and_a_failure_is_shown() {
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("20250101-000000-tiny-chat-lora");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("run.toml"), "name = \"tiny-chat-lora\"\n").unwrap();
+    let with_opener = |program: &str| {
+        let app = LoftApp::new(
+            &egui::Context::default(),
+            AppOptions {
+                runs_dir: runs.path().to_path_buf(),
+                folder_opener: Some(program.into()),
+                ..AppOptions::default()
+            },
+            None,
+        );
+        let mut h = Harness::builder()
+            .with_size(egui::vec2(1280.0, 1000.0))
+            .build_ui_state(|ui, app: &mut LoftApp| app.ui(ui), app);
+        click(&mut h, "Runs");
+        wait_for(&mut h, "the run list", |h| {
+            h.query_by_label("20250101-000000-tiny-chat-lora").is_some()
+        });
+        click_first(&mut h, "20250101-000000-tiny-chat-lora");
+        click(&mut h, "Open folder");
+        h
+    };
+    // A file manager that opens the folder and exits: it is waited for, not left a zombie.
+    let mut h = with_opener("true");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !children_running("true").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the file manager is left a zombie: {:?}",
+            children_running("true")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    assert!(!has(&h, "could not open"));
+    // One that fails says so.
+    let mut h = with_opener("false");
+    wait_for(&mut h, "the failure", |h| has(h, "could not open"));
+    assert!(children_running("false").is_empty());
 }

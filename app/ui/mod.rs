@@ -2,7 +2,7 @@
 //! engine work on a worker thread that reports through a channel and wakes the window.
 //!
 //! ```text
-//! app.rs        the frame: step bar, page routing, dropped files, persistence
+//! app.rs        the frame: step bar, page routing, dropped files, closing while a run saves
 //! remembered.rs what is kept between launches, read leniently across upgrades
 //! *_page.rs     one step each: model, data, method, train, runs
 //! jobs.rs       background work with progress and cancel
@@ -176,8 +176,12 @@ impl eframe::App for LoftWindow {
         }
     }
 
+    /// A close while training is held back by the app until the run has saved its checkpoint; one that
+    /// gets here anyway ("Close without waiting") tells the run to stop and does not wait for it.
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
-        self.app.train.stop_for_exit(Duration::from_secs(120));
+        self.app
+            .train
+            .command(crate::engine::train::TrainCommand::Cancel);
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
