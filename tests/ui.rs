@@ -6,12 +6,13 @@
 mod hub_server;
 mod support;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
-use loft::ui::{AppOptions, LoftApp, Page, Phase};
+use loft::ui::{AppOptions, EvalChoice, LoftApp, LoftWindow, Page, Phase};
 
 /// A file dropped on the window.
 #[derive(Debug)]
@@ -54,7 +55,7 @@ fn launch(runs: &Path, remembered: Option<loft::ui::Remembered>) -> Harness<'sta
         .build_ui_state(|ui, app: &mut LoftApp| app.ui(ui), app)
 }
 
-fn drop_files(h: &mut Harness<'static, LoftApp>, paths: &[PathBuf]) {
+fn drop_files<S>(h: &mut Harness<'static, S>, paths: &[PathBuf]) {
     for p in paths {
         h.input_mut()
             .dropped_files
@@ -64,10 +65,10 @@ fn drop_files(h: &mut Harness<'static, LoftApp>, paths: &[PathBuf]) {
 }
 
 /// Step frames until `done` holds; background work arrives between frames.
-fn wait_for(
-    h: &mut Harness<'static, LoftApp>,
+fn wait_for<S>(
+    h: &mut Harness<'static, S>,
     what: &str,
-    done: impl Fn(&Harness<'static, LoftApp>) -> bool,
+    done: impl Fn(&Harness<'static, S>) -> bool,
 ) {
     let deadline = Instant::now() + Duration::from_secs(180);
     while !done(h) {
@@ -77,24 +78,24 @@ fn wait_for(
     }
 }
 
-fn has(h: &Harness<'static, LoftApp>, text: &str) -> bool {
+fn has<S>(h: &Harness<'static, S>, text: &str) -> bool {
     h.query_all_by_label_contains(text).next().is_some()
 }
 
 /// The text of the one widget whose label contains `part`.
-fn text(h: &Harness<'static, LoftApp>, part: &str) -> String {
+fn text<S>(h: &Harness<'static, S>, part: &str) -> String {
     let node = h.get_by_label_contains(part).accesskit_node();
     node.label().or_else(|| node.value()).unwrap_or_default()
 }
 
-fn click(h: &mut Harness<'static, LoftApp>, label: &str) {
+fn click<S>(h: &mut Harness<'static, S>, label: &str) {
     h.get_by_label(label).click();
     h.step();
     h.step();
 }
 
 /// Click the first of several widgets with this label (a run's name is in the table and in its details).
-fn click_first(h: &mut Harness<'static, LoftApp>, label: &str) {
+fn click_first<S>(h: &mut Harness<'static, S>, label: &str) {
     h.get_all_by_label(label).next().expect(label).click();
     h.step();
     h.step();
@@ -340,32 +341,119 @@ fn try_it_streams_an_answer_from_the_base_model() {
     assert!(tokens > 0, "{stats}");
 }
 
-#[test]
-fn choices_are_remembered_across_launches() {
-    let runs = tempfile::tempdir().unwrap();
-    let mut h = app(runs.path());
-    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
-    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
-    h.state_mut().method.config.lora.r = 8;
-    h.state_mut().page = Page::Method;
-    // eframe stores this as RON; any serde format round-trips it the same way.
-    let saved = serde_json::to_string(&h.state().remembered()).unwrap();
-    let remembered = serde_json::from_str(&saved).unwrap();
-    let mut h = launch(runs.path(), Some(remembered));
-    wait_for(&mut h, "the model to reopen", |h| {
-        h.state().blocker().is_none()
-    });
-    assert_eq!(h.state().page, Page::Method);
-    assert_eq!(h.state().method.config.lora.r, 8);
-    assert_eq!(h.state().data.files.len(), 1);
-    assert_eq!(
-        h.state().model.spec(),
-        Some(tiny_chat_model().display().to_string().as_str())
+/// eframe's storage interface over a map, as eframe's own file storage keeps it in memory: what
+/// `App::save` writes, the next launch's creation context reads.
+#[derive(Default, Clone)]
+struct Storage(HashMap<String, String>);
+
+impl eframe::Storage for Storage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_string(), value);
+    }
+
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    fn flush(&mut self) {}
+}
+
+/// The window as eframe creates it: its creation context hands it `storage`.
+fn open_window(runs: &Path, storage: &Storage) -> Harness<'static, LoftWindow> {
+    let mut cc = eframe::CreationContext::_new_kittest(egui::Context::default());
+    cc.storage = Some(storage);
+    let window = LoftWindow::new(
+        &cc,
+        AppOptions {
+            runs_dir: runs.to_path_buf(),
+            ..AppOptions::default()
+        },
     );
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 1000.0))
+        .build_ui_state(|ui, w: &mut LoftWindow| w.app.ui(ui), window)
 }
 
 #[test]
-fn closing_the_window_mid_run_keeps_a_checkpoint() {
+fn choices_are_remembered_across_launches() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut storage = Storage::default();
+    let mut h = open_window(runs.path(), &storage);
+    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| {
+        h.state().app.blocker().is_none()
+    });
+    h.state_mut().app.method.config.lora.r = 8;
+    h.state_mut().app.data.eval = EvalChoice::Split(20.0);
+    h.state_mut().app.page = Page::Method;
+    eframe::App::save(h.state_mut(), &mut storage);
+    drop(h);
+
+    let mut h = open_window(runs.path(), &storage);
+    wait_for(&mut h, "the model to reopen", |h| {
+        h.state().app.blocker().is_none()
+    });
+    let app = &h.state().app;
+    assert_eq!(app.page, Page::Method);
+    assert_eq!(app.method.config.lora.r, 8);
+    assert_eq!(app.data.eval, EvalChoice::Split(20.0));
+    assert_eq!(app.data.files.len(), 1);
+    assert_eq!(
+        app.model.spec(),
+        Some(tiny_chat_model().display().to_string().as_str())
+    );
+    assert!(!has(&h, "could not keep"), "nothing was reset");
+}
+
+#[test]
+fn remembered_state_with_unknown_and_missing_settings_keeps_model_data_and_the_rest() {
+    let runs = tempfile::tempdir().unwrap();
+    let model = format!("{:?}", tiny_chat_model().display().to_string());
+    let data = format!("{:?}", sample_chat().display().to_string());
+    // As Loft 0.1 stored it (a RON struct), from a version whose config had a setting this one lacks
+    // (`lora.init`) and lacked most of today's (`lr`, `max_grad_norm`, …).
+    let older = format!(
+        "(page:Method,model:Some({model}),data_files:[{data}],train_file:0,eval:Some(Split(20.0)),\
+         skip_error_rows:false,truncate_overlong:false,train_on_all_tokens:false,\
+         config:Some((lora:(r:8,alpha:16.0,init:\"pissa\"),epochs:2.0,schedule:linear)))"
+    );
+    // As this version stores it (a tree of fields), written by a newer one: a field it does not know,
+    // a setting renamed (`lr` → `learning_rate`), and settings missing.
+    let newer = format!(
+        "{{\"page\":\"Method\",\"model\":{model},\"data_files\":[{data}],\"theme\":\"dark\",\
+         \"config\":{{\"lora\":{{\"r\":8}},\"learning_rate\":0.001,\"epochs\":2.0}}}}"
+    );
+    for (stored, ignored) in [(older, "config.lora.init"), (newer, "config.learning_rate")] {
+        let mut storage = Storage::default();
+        eframe::Storage::set_string(&mut storage, eframe::APP_KEY, stored.clone());
+        let mut h = open_window(runs.path(), &storage);
+        wait_for(&mut h, "the model to reopen", |h| {
+            h.state().app.blocker().is_none()
+        });
+        let app = &h.state().app;
+        let defaults = loft::engine::train::TrainConfig::default();
+        assert_eq!(
+            app.model.spec(),
+            Some(tiny_chat_model().display().to_string().as_str()),
+            "{stored}"
+        );
+        assert_eq!(app.data.files.len(), 1, "{stored}");
+        assert_eq!(app.page, Page::Method, "{stored}");
+        assert_eq!(app.method.config.lora.r, 8, "{stored}");
+        assert_eq!(app.method.config.epochs, 2.0, "{stored}");
+        assert_eq!(app.method.config.lr, defaults.lr, "{stored}");
+        assert_eq!(app.method.config.max_grad_norm, defaults.max_grad_norm);
+        let notice = text(&h, "could not keep some remembered settings");
+        assert!(notice.contains(ignored), "{notice}");
+    }
+}
+
+#[test]
+fn closing_the_window_mid_run_says_it_saves_a_checkpoint_and_closes_after() {
     let runs = tempfile::tempdir().unwrap();
     let mut h = app(runs.path());
     drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
@@ -374,7 +462,40 @@ fn closing_the_window_mid_run_keeps_a_checkpoint() {
     click(&mut h, "4. Train");
     click(&mut h, "Start training");
     wait_for(&mut h, "steps", |h| h.state().train.curves.loss.len() >= 2);
-    h.state_mut().train.stop_for_exit(Duration::from_secs(60));
+
+    let root = egui::ViewportId::ROOT;
+    let commands = |h: &Harness<'static, LoftApp>| {
+        h.output()
+            .viewport_output
+            .get(&root)
+            .map(|v| v.commands.clone())
+            .unwrap_or_default()
+    };
+    h.input_mut()
+        .viewports
+        .entry(root)
+        .or_default()
+        .events
+        .push(egui::ViewportEvent::Close);
+    let asked = Instant::now();
+    h.step();
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "the frame that saw the close waited for the run"
+    );
+    assert!(
+        commands(&h).contains(&egui::ViewportCommand::CancelClose),
+        "the close is held back while the run saves"
+    );
+    h.step();
+    assert!(
+        has(&h, "Saving a checkpoint"),
+        "the window says why it stays"
+    );
+    wait_for(&mut h, "the window to close", |h| {
+        commands(h).contains(&egui::ViewportCommand::Close)
+    });
+    assert!(matches!(h.state().train.phase, Phase::Cancelled { .. }));
     let run = h.state().train.run_dir.clone().unwrap();
     let (dir, _) = loft::engine::train::run::RunDir::open(&run).unwrap();
     assert!(
@@ -397,6 +518,7 @@ fn a_typed_repo_id_downloads_from_the_hub_and_then_lists_as_cached() {
                 cache_dir: Some(cache.path().to_path_buf()),
                 ..Default::default()
             },
+            ..AppOptions::default()
         },
         None,
     );
@@ -423,4 +545,107 @@ fn a_typed_repo_id_downloads_from_the_hub_and_then_lists_as_cached() {
     wait_for(&mut h, "the cache list", |h| {
         h.query_by_label("loft-test/tiny-chat").is_some()
     });
+}
+
+/// Read syscalls this thread has made (Linux's per-thread I/O accounting).
+fn reads_by_this_thread() -> u64 {
+    let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscr:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("syscr in /proc/thread-self/io")
+}
+
+#[test]
+fn frames_read_no_files_on_the_ui_thread() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    wait_for(&mut h, "the device probe", |h| {
+        h.state().method.device.is_some()
+    });
+    // What reading the counter itself costs.
+    let overhead = {
+        let a = reads_by_this_thread();
+        reads_by_this_thread() - a
+    };
+    for page in Page::ALL {
+        h.state_mut().page = page;
+        // Let the page start its background work (the runs list) and settle.
+        for _ in 0..5 {
+            h.step();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        h.step();
+        let before = reads_by_this_thread();
+        for _ in 0..20 {
+            h.step();
+        }
+        let reads = reads_by_this_thread() - before - overhead;
+        assert_eq!(reads, 0, "20 frames of the {page:?} page read files");
+    }
+}
+
+/// Children of this process that run `program` (any state, a zombie included).
+fn children_running(program: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // "pid (comm) state ppid …": comm may hold spaces, so split after its closing parenthesis.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let ppid = rest.split_whitespace().nth(1);
+            head.ends_with(&format!("({program}")) && ppid == Some(me.as_str())
+        })
+        .collect()
+}
+
+#[test]
+fn opening_a_run_folder_leaves_no_zombie_and_a_failure_is_shown() {
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("20250101-000000-tiny-chat-lora");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("run.toml"), "name = \"tiny-chat-lora\"\n").unwrap();
+    let with_opener = |program: &str| {
+        let app = LoftApp::new(
+            &egui::Context::default(),
+            AppOptions {
+                runs_dir: runs.path().to_path_buf(),
+                folder_opener: Some(program.into()),
+                ..AppOptions::default()
+            },
+            None,
+        );
+        let mut h = Harness::builder()
+            .with_size(egui::vec2(1280.0, 1000.0))
+            .build_ui_state(|ui, app: &mut LoftApp| app.ui(ui), app);
+        click(&mut h, "Runs");
+        wait_for(&mut h, "the run list", |h| {
+            h.query_by_label("20250101-000000-tiny-chat-lora").is_some()
+        });
+        click_first(&mut h, "20250101-000000-tiny-chat-lora");
+        click(&mut h, "Open folder");
+        h
+    };
+    // A file manager that opens the folder and exits: it is waited for, not left a zombie.
+    let mut h = with_opener("true");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !children_running("true").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the file manager is left a zombie: {:?}",
+            children_running("true")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    assert!(!has(&h, "could not open"));
+    // One that fails says so.
+    let mut h = with_opener("false");
+    wait_for(&mut h, "the failure", |h| has(h, "could not open"));
+    assert!(children_running("false").is_empty());
 }

@@ -8,16 +8,17 @@ use std::time::Instant;
 use egui::{Key, RichText, Ui};
 use serde::{Deserialize, Serialize};
 
-use super::data_page::{self, DataPage, EvalChoice};
+use super::data_page::{self, DataPage};
 use super::jobs::Job;
 use super::method_page::{DeviceInfo, MethodPage};
 use super::model_page::ModelPage;
+use super::remembered::Remembered;
 use super::runs_page::{self, RunsPage};
 use super::train_page::{self, TrainPage};
 use super::widgets::{self, GOOD};
 use crate::engine::train::run::{sha256_file, timestamp, RunDir, RunSpec};
 use crate::engine::train::runs::{Curves, RunSummary};
-use crate::engine::train::TrainConfig;
+use crate::engine::train::TrainCommand;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Page {
@@ -49,21 +50,6 @@ impl Page {
     }
 }
 
-/// What Loft remembers between launches (eframe stores it with the window's size and position).
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(default)]
-pub struct Remembered {
-    pub page: Page,
-    pub model: Option<String>,
-    pub data_files: Vec<PathBuf>,
-    pub train_file: usize,
-    pub eval: Option<EvalChoice>,
-    pub skip_error_rows: bool,
-    pub truncate_overlong: bool,
-    pub train_on_all_tokens: bool,
-    pub config: Option<TrainConfig>,
-}
-
 /// A run ready to start: its spec and folder, whether it resumes, and the curve it already has.
 type RunStart = (RunSpec, RunDir, bool, Curves);
 
@@ -73,6 +59,8 @@ type RunStart = (RunSpec, RunDir, bool, Curves);
 pub struct AppOptions {
     pub runs_dir: PathBuf,
     pub hub: crate::engine::hub::HubOptions,
+    /// The program that shows a run's folder (None: the platform's file manager, e.g. xdg-open).
+    pub folder_opener: Option<PathBuf>,
 }
 
 /// Frame timings, for the measurements the smoke check prints.
@@ -95,6 +83,10 @@ pub struct LoftApp {
     device_job: Option<Job<DeviceInfo>>,
     start_job: Option<Job<Result<RunStart, String>>>,
     notice: Option<String>,
+    /// The window was asked to close while a run trains: it closes once the run has saved and ended.
+    closing: bool,
+    /// "Close without waiting" was chosen: let the close through.
+    close_anyway: bool,
     pub frames: FrameStats,
 }
 
@@ -110,11 +102,13 @@ impl LoftApp {
             data: DataPage::default(),
             method: MethodPage::default(),
             train: TrainPage::default(),
-            runs: RunsPage::default(),
+            runs: RunsPage::new(options.folder_opener),
             runs_dir: options.runs_dir,
             device_job: Some(Job::spawn(ctx, "device", |r| r.send(describe_device()))),
             start_job: None,
             notice: None,
+            closing: false,
+            close_anyway: false,
             frames: FrameStats {
                 started: Some(Instant::now()),
                 ..FrameStats::default()
@@ -140,6 +134,11 @@ impl LoftApp {
             }
         }
         app
+    }
+
+    /// Say something in the status bar until dismissed.
+    pub fn notify(&mut self, text: String) {
+        self.notice = Some(text);
     }
 
     pub fn remembered(&self) -> Remembered {
@@ -313,6 +312,7 @@ impl LoftApp {
             self.open_paths(&ctx, dropped);
         }
         self.shortcuts(&ctx);
+        self.hold_close_while_saving(&ctx);
         egui::Panel::top("steps").show(ui, |ui| self.step_bar(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
         egui::CentralPanel::default_margins().show(ui, |ui| {
@@ -321,6 +321,49 @@ impl LoftApp {
                 .show(ui, |ui| self.page_ui(ui));
         });
         drop_overlay(&ctx);
+        self.closing_ui(&ctx);
+    }
+
+    /// Closing the window while a run trains would lose the steps since its last checkpoint. Hold the
+    /// close back, tell the run to stop (it saves a checkpoint as it does), say so, and close once the
+    /// run has ended. The UI thread never waits: it keeps painting the state meanwhile.
+    fn hold_close_while_saving(&mut self, ctx: &egui::Context) {
+        let asked = ctx.input(|i| i.viewport().close_requested());
+        if asked && self.train.is_running() && !self.close_anyway {
+            ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
+            if !self.closing {
+                self.closing = true;
+                self.train.command(TrainCommand::Cancel);
+            }
+        }
+        if self.closing && !self.train.is_running() {
+            self.closing = false;
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+    }
+
+    fn closing_ui(&mut self, ctx: &egui::Context) {
+        if !self.closing {
+            return;
+        }
+        egui::Modal::new(egui::Id::unique("closing")).show(ctx, |ui| {
+            ui.heading("Saving a checkpoint…");
+            ui.label("Loft closes as soon as the run has saved a checkpoint you can resume from the Runs view.");
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(format!("Training: {}", self.train.status()));
+            });
+            if ui
+                .button("Close without waiting")
+                .on_hover_text("Steps since the last saved checkpoint are lost.")
+                .clicked()
+            {
+                // The run has been told to stop; the window goes now (LoftWindow::on_exit does not wait).
+                self.close_anyway = true;
+                self.closing = false;
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+        });
     }
 
     fn shortcuts(&mut self, ctx: &egui::Context) {
@@ -406,7 +449,10 @@ impl LoftApp {
     fn page_ui(&mut self, ui: &mut Ui) {
         let ctx = ui.ctx().clone();
         match self.page {
-            Page::Model => self.model.ui(ui),
+            Page::Model => {
+                let memory = self.method.device.as_ref().map(|d| d.total_memory);
+                self.model.ui(ui, memory);
+            }
             Page::Data => self.data.ui(ui, self.method.config.max_seq_len),
             Page::Method => {
                 let arch = self.model.info().map(|i| i.arch.clone());
@@ -482,6 +528,7 @@ fn describe_device() -> DeviceInfo {
         name,
         cpu: device.is_cpu(),
         free_memory: crate::engine::train::memory::available_memory(),
+        total_memory: crate::engine::device::system_memory(),
     }
 }
 

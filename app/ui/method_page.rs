@@ -25,6 +25,8 @@ pub struct DeviceInfo {
     pub cpu: bool,
     /// Memory the system could give Loft at the time (MemAvailable).
     pub free_memory: Option<u64>,
+    /// The machine's memory (MemTotal), for the Model step's "can this machine train it".
+    pub total_memory: Option<u64>,
 }
 
 impl MethodPage {

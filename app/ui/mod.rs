@@ -2,7 +2,8 @@
 //! engine work on a worker thread that reports through a channel and wakes the window.
 //!
 //! ```text
-//! app.rs        the frame: step bar, page routing, dropped files, persistence
+//! app.rs        the frame: step bar, page routing, dropped files, closing while a run saves
+//! remembered.rs what is kept between launches, read leniently across upgrades
 //! *_page.rs     one step each: model, data, method, train, runs
 //! jobs.rs       background work with progress and cancel
 //! dialogs.rs    native file dialogs, off the UI thread
@@ -15,6 +16,7 @@ mod dialogs;
 mod jobs;
 mod method_page;
 mod model_page;
+mod remembered;
 mod runs_page;
 mod train_page;
 mod widgets;
@@ -23,8 +25,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use app::{AppOptions, LoftApp, Page, Remembered};
+pub use app::{AppOptions, LoftApp, Page};
 pub use data_page::EvalChoice;
+pub use remembered::{Remembered, Restored};
 pub use train_page::Phase;
 
 const ICON: &[u8] = include_bytes!("../../icons/png/loft-256.png");
@@ -82,38 +85,13 @@ pub fn run(options: WindowOptions) -> i32 {
         "Loft",
         native,
         Box::new(move |cc| {
-            let remembered = match (&check, cc.storage) {
-                (None, Some(storage)) => eframe::get_value::<Remembered>(storage, eframe::APP_KEY),
-                _ => None,
+            let mut window = match check {
+                None => LoftWindow::new(cc, AppOptions::default()),
+                Some(check) => LoftWindow::for_check(cc, check, report),
             };
-            let runs_dir = check
-                .as_ref()
-                .map_or_else(crate::engine::train::run::default_runs_dir, |c| {
-                    c.runs_dir.clone()
-                });
-            let mut app = LoftApp::new(
-                &cc.egui_ctx,
-                AppOptions {
-                    runs_dir,
-                    ..AppOptions::default()
-                },
-                remembered,
-            );
-            app.frames.started = Some(started);
-            app.open_paths(&cc.egui_ctx, options.open.clone());
-            if let Some(c) = &check {
-                app.page = c.page;
-                if let Some(steps) = c.train_steps {
-                    app.method.config.max_steps = Some(steps);
-                    app.method.config.micro_batch_size = 2;
-                    app.method.config.grad_accum = 1;
-                    app.method.config.max_seq_len = 512;
-                }
-            }
-            Ok(Box::new(Window {
-                app,
-                check: check.map(|c| CheckState::new(c, report)),
-            }))
+            window.app.frames.started = Some(started);
+            window.app.open_paths(&cc.egui_ctx, options.open.clone());
+            Ok(Box::new(window))
         }),
     );
     if let Err(e) = result {
@@ -136,12 +114,54 @@ pub fn run(options: WindowOptions) -> i32 {
     }
 }
 
-struct Window {
-    app: LoftApp,
+/// The app as eframe runs it: the window's state, what it remembers, and the smoke check when one runs.
+pub struct LoftWindow {
+    pub app: LoftApp,
     check: Option<CheckState>,
 }
 
-impl eframe::App for Window {
+impl LoftWindow {
+    /// The window as it opens: what an earlier launch remembered comes from eframe's storage (`cc.storage`),
+    /// and runs go to `options.runs_dir`, or the platform's data folder when that is empty.
+    pub fn new(cc: &eframe::CreationContext<'_>, mut options: AppOptions) -> LoftWindow {
+        if options.runs_dir.as_os_str().is_empty() {
+            options.runs_dir = crate::engine::train::run::default_runs_dir();
+        }
+        let restored = cc.storage.and_then(Remembered::load);
+        let notice = restored.as_ref().and_then(Restored::notice);
+        let mut app = LoftApp::new(&cc.egui_ctx, options, restored.map(|r| r.remembered));
+        if let Some(notice) = notice {
+            app.notify(notice);
+        }
+        LoftWindow { app, check: None }
+    }
+
+    /// The smoke check's window: it neither reads nor changes the user's remembered state.
+    fn for_check(
+        cc: &eframe::CreationContext<'_>,
+        check: Check,
+        report: Arc<Mutex<Option<String>>>,
+    ) -> LoftWindow {
+        let options = AppOptions {
+            runs_dir: check.runs_dir.clone(),
+            ..AppOptions::default()
+        };
+        let mut app = LoftApp::new(&cc.egui_ctx, options, None);
+        app.page = check.page;
+        if let Some(steps) = check.train_steps {
+            app.method.config.max_steps = Some(steps);
+            app.method.config.micro_batch_size = 2;
+            app.method.config.grad_accum = 1;
+            app.method.config.max_seq_len = 512;
+        }
+        LoftWindow {
+            app,
+            check: Some(CheckState::new(check, report)),
+        }
+    }
+}
+
+impl eframe::App for LoftWindow {
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         let stats = &mut self.app.frames;
         if stats.first_frame.is_none() {
@@ -156,13 +176,17 @@ impl eframe::App for Window {
         }
     }
 
+    /// A close while training is held back by the app until the run has saved its checkpoint; one that
+    /// gets here anyway ("Close without waiting") tells the run to stop and does not wait for it.
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
-        self.app.train.stop_for_exit(Duration::from_secs(120));
+        self.app
+            .train
+            .command(crate::engine::train::TrainCommand::Cancel);
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         if self.check.is_none() {
-            eframe::set_value(storage, eframe::APP_KEY, &self.app.remembered());
+            self.app.remembered().store(storage);
         }
     }
 }

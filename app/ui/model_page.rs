@@ -212,7 +212,9 @@ impl ModelPage {
         self.open_job.is_some() || self.chat_job.is_some()
     }
 
-    pub fn ui(&mut self, ui: &mut Ui) {
+    /// `memory`: the machine's memory as the device probe found it (None while it runs, Some(None) when
+    /// it could not tell).
+    pub fn ui(&mut self, ui: &mut Ui, memory: Option<Option<u64>>) {
         let ctx = ui.ctx().clone();
         if let Some(job) = &mut self.dialog {
             let picked = job.poll().pop().flatten();
@@ -277,7 +279,7 @@ impl ModelPage {
         self.cache_ui(ui, &ctx);
         if self.opened.is_some() {
             ui.separator();
-            self.info_ui(ui);
+            self.info_ui(ui, memory);
             ui.separator();
             self.try_it_ui(ui, &ctx);
         }
@@ -367,7 +369,7 @@ impl ModelPage {
             });
     }
 
-    fn info_ui(&self, ui: &mut Ui) {
+    fn info_ui(&self, ui: &mut Ui, memory: Option<Option<u64>>) {
         let Some((spec, info)) = &self.opened else {
             return;
         };
@@ -400,8 +402,15 @@ impl ModelPage {
             ui.label(info.dtype.clone().unwrap_or_else(|| "?".into()));
             ui.end_row();
         });
-        let (text, color) = fit_hint(info.parameters);
-        ui.colored_label(color, text);
+        match memory {
+            None => {
+                ui.label(RichText::new("Measuring this machine's memory…").weak());
+            }
+            Some(memory) => {
+                let (text, color) = fit_hint(info.parameters, memory);
+                ui.colored_label(color, text);
+            }
+        }
     }
 
     fn try_it_ui(&mut self, ui: &mut Ui, ctx: &egui::Context) {
@@ -497,9 +506,10 @@ impl ModelPage {
     }
 }
 
-/// "Can this machine train it", in one line, with the colour of the answer.
-fn fit_hint(parameters: u64) -> (String, egui::Color32) {
-    let Some(memory) = device::system_memory() else {
+/// "Can this machine train it", in one line, with the colour of the answer. `memory`: the machine's
+/// total memory, read once by the device probe (never per frame: it is a file read).
+fn fit_hint(parameters: u64, memory: Option<u64>) -> (String, egui::Color32) {
+    let Some(memory) = memory else {
         return (
             "Memory of this machine unknown: cannot judge whether it fits.".into(),
             WARN,

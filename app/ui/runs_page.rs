@@ -21,10 +21,23 @@ pub struct RunsPage {
     list_job: Option<Job<Vec<RunSummary>>>,
     pub selected: Option<PathBuf>,
     save_job: Option<Job<Result<PathBuf, String>>>,
+    /// File managers started by "Open folder": each is waited for, so none is left a zombie, and a
+    /// failure is shown.
+    opened: Vec<Job<Result<(), String>>>,
+    /// The program that shows a folder (None: the platform's own, e.g. xdg-open).
+    opener: Option<PathBuf>,
     message: Option<(bool, String)>,
 }
 
 impl RunsPage {
+    /// `opener`: the program that shows a run's folder (None: the platform's file manager).
+    pub fn new(opener: Option<PathBuf>) -> RunsPage {
+        RunsPage {
+            opener,
+            ..RunsPage::default()
+        }
+    }
+
     /// Read the runs folder again (in the background).
     pub fn reload(&mut self, ctx: &egui::Context, runs_dir: &Path) {
         let dir = runs_dir.to_path_buf();
@@ -42,6 +55,12 @@ impl RunsPage {
                 self.list_job = None;
             }
         }
+        for job in &mut self.opened {
+            if let Some(Err(e)) = job.poll().pop() {
+                self.message = Some((false, e));
+            }
+        }
+        self.opened.retain(Job::is_running);
         if let Some(job) = &mut self.save_job {
             if let Some(outcome) = job.poll().pop() {
                 self.message = Some(match outcome {
@@ -161,9 +180,8 @@ impl RunsPage {
                 }
             }
             if ui.button("Open folder").clicked() {
-                if let Err(e) = open_folder(&run.path) {
-                    self.message = Some((false, e));
-                }
+                self.opened
+                    .push(open_folder(&ctx, self.opener.as_deref(), &run.path));
             }
             if run.status == RunStatus::Finished && ui.button("Save adapter…").clicked() {
                 let from = run.path.join("adapter");
@@ -247,20 +265,41 @@ pub fn save_adapter(from: &Path, dest: &Path) -> Result<PathBuf, String> {
     Ok(dest.to_path_buf())
 }
 
-/// Show a folder in the system's file manager.
-fn open_folder(path: &Path) -> Result<(), String> {
-    let program = if cfg!(target_os = "macos") {
-        "open"
-    } else if cfg!(windows) {
-        "explorer"
-    } else {
-        "xdg-open"
-    };
-    std::process::Command::new(program)
-        .arg(path)
-        .spawn()
-        .map(|_| ())
-        .map_err(|e| format!("could not open {} with {program}: {e}", path.display()))
+/// Show a folder in the system's file manager (`opener`, or the platform's own). The program is waited
+/// for on a worker, so it never lingers as a zombie, and a failure comes back as a message.
+fn open_folder(ctx: &egui::Context, opener: Option<&Path>, path: &Path) -> Job<Result<(), String>> {
+    let program = opener.map_or_else(
+        || {
+            PathBuf::from(if cfg!(target_os = "macos") {
+                "open"
+            } else if cfg!(windows) {
+                "explorer"
+            } else {
+                "xdg-open"
+            })
+        },
+        Path::to_path_buf,
+    );
+    let path = path.to_path_buf();
+    Job::spawn(ctx, "open-folder", move |r| {
+        let shown = program.display();
+        let outcome = std::process::Command::new(&program)
+            .arg(&path)
+            .status()
+            .map_err(|e| format!("could not start {shown} to open {}: {e}", path.display()))
+            .and_then(|status| {
+                // explorer.exe reports 1 even when it opened the folder.
+                if status.success() || cfg!(windows) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{shown} could not open {} ({status}); open the folder yourself",
+                        path.display()
+                    ))
+                }
+            });
+        r.send(outcome);
+    })
 }
 
 #[cfg(test)]

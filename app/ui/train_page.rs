@@ -125,8 +125,17 @@ impl TrainPage {
             self.apply(event);
         }
         if ended {
-            if let Some(s) = self.session.take() {
-                s.join();
+            if let Some(session) = self.session.take() {
+                // After its last event the worker still frees the model and ends its relay; wait for
+                // that on a thread of its own, never on the UI thread.
+                let reaped = std::thread::Builder::new()
+                    .name("loft-session-end".into())
+                    .spawn(move || session.join());
+                if let Err(e) = reaped {
+                    eprintln!(
+                        "warning: the finished training thread is left to end on its own: {e}"
+                    );
+                }
             }
         }
     }
@@ -185,23 +194,6 @@ impl TrainPage {
                 }
                 TrainEvent::Notice { message } => self.notices.push(message),
             },
-        }
-    }
-
-    /// The window is closing: cancel a running session (which saves a checkpoint) and wait up to
-    /// `patience` for it to end, so closing Loft never loses more than the step in progress.
-    pub fn stop_for_exit(&mut self, patience: std::time::Duration) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
-        session.send(TrainCommand::Cancel);
-        let deadline = std::time::Instant::now() + patience;
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match session.events.recv_timeout(left) {
-                Ok(e) if e.is_final() => break,
-                Ok(_) => {}
-                Err(_) => break,
-            }
         }
     }
 
