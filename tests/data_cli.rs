@@ -250,6 +250,15 @@ fn tiny_chat() -> String {
     support::fixtures().join("tiny-chat").display().to_string()
 }
 
+fn chat_row(roles: &[&str]) -> String {
+    let messages: Vec<serde_json::Value> = roles
+        .iter()
+        .enumerate()
+        .map(|(i, role)| serde_json::json!({"role": role, "content": format!("{role} turn {i}")}))
+        .collect();
+    serde_json::json!({ "messages": messages }).to_string()
+}
+
 /// The run.toml of the one run under `runs`.
 fn run_spec(runs: &Path) -> toml::Table {
     let run = std::fs::read_dir(runs)
@@ -258,6 +267,80 @@ fn run_spec(runs: &Path) -> toml::Table {
         .find(|p| p.join("run.toml").is_file())
         .expect("a run folder");
     toml::from_str(&std::fs::read_to_string(run.join("run.toml")).unwrap()).unwrap()
+}
+
+#[test]
+fn train_refuses_rows_the_chat_template_refuses_unless_told_to_skip_them() {
+    // The tiny chat model with a template that, like Mistral's and Gemma's, refuses conversations whose
+    // roles do not alternate. Validation alone only warns about such rows; the template is what fails.
+    let model = support::copy_to_temp(&support::fixtures().join("tiny-chat"));
+    std::fs::write(
+        model.path().join("chat_template.jinja"),
+        "{% for m in messages %}{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+    )
+    .unwrap();
+    let good = chat_row(&["user", "assistant"]);
+    let bad = chat_row(&["user", "user", "assistant"]);
+    let rows = [&good, &good, &bad, &good, &bad, &good, &bad, &bad];
+    let body: String = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{}\n", r.replace("turn", &format!("row {i} turn"))))
+        .collect();
+    let (dir, data) = temp_file("data.jsonl", body.as_bytes());
+    let runs = dir.path().join("runs");
+    let model = model.path().display().to_string();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--out",
+            runs.to_str().unwrap(),
+            "--eval-split",
+            "0",
+            "--max-steps",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        loft(&args)
+    };
+
+    let (code, out, err) = train(&[]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("4 rows cannot be encoded"), "{err}");
+    // The first few, by line, with the template's own words, and what to do.
+    for line in ["line 3:", "line 5:", "line 7:"] {
+        assert!(err.contains(line), "{line} in {err}");
+    }
+    assert!(err.contains("and 1 more"), "{err}");
+    assert!(!err.contains("line 8:"), "{err}");
+    assert!(err.contains("must alternate"), "{err}");
+    assert!(err.contains("--skip-error-rows"), "{err}");
+    assert!(err.contains("loft validate"), "{err}");
+
+    // `loft validate --model` reports the same rows as errors.
+    let (code, out, _) = loft(&["validate", &data, "--model", &model, "--json"]);
+    assert_eq!(code, 1, "{out}");
+    let report = json(&out);
+    let rows: Vec<u64> = report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "template")
+        .map(|e| e["row"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, [3, 5, 7, 8]);
+
+    // Skipping them is the user's explicit choice; the other four rows train.
+    let (code, out, err) = train(&["--skip-error-rows"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("4 training and 0 evaluation examples"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -33,6 +33,7 @@ use super::report::{
 use super::split::{length_grouped_batches, random_batches};
 use super::{Conversation, DataError, Dataset, Progress, Stage};
 use crate::engine::chat::{ChatMessage, ChatTemplate};
+use crate::engine::error::ModelError;
 use crate::engine::source::{ModelFiles, TextTools};
 
 /// Which tokens carry loss.
@@ -182,9 +183,11 @@ impl<'a> Encoder<'a> {
     }
 
     fn render(&self, messages: &[ChatMessage]) -> Result<String, String> {
-        self.template
-            .render(messages, false)
-            .map_err(|e| format!("the model's chat template failed on this conversation: {e}"))
+        self.template.render(messages, false).map_err(|e| match e {
+            // Already says that the template refuses or cannot render this conversation, and why.
+            ModelError::Template(message) => message,
+            other => format!("the model's chat template failed on this conversation: {other}"),
+        })
     }
 
     /// End of a trained span whose content ends at `content_end` in `text`: include the end-of-turn

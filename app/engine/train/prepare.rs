@@ -8,8 +8,8 @@ use super::config::TrainConfig;
 use super::run::{sha256_file, RunDir, RunSpec};
 use super::trainer::TrainJob;
 use crate::engine::data::{
-    encode_dataset, validate_file, Dataset, EncodeOptions, Example, Overlong, Progress, SplitSpec,
-    TrainOn, ValidateOptions,
+    encode_dataset, validate_file, Dataset, EncodeOptions, Encoded, Overlong, Progress, RowError,
+    RowNumbering, SplitSpec, TrainOn, ValidateOptions,
 };
 use crate::engine::device;
 use crate::engine::error::{ModelError, Result};
@@ -23,6 +23,8 @@ pub struct Prepared {
     pub train_examples: usize,
     pub eval_examples: usize,
     pub dropped_overlong: usize,
+    /// Rows left out because the chat template cannot encode them (only with `skip_error_rows`).
+    pub skipped_error_rows: usize,
     pub device: String,
 }
 
@@ -59,32 +61,39 @@ pub fn prepare(
         };
         source::resolve(&source, &mut how)?
     };
-    on_event(PrepareEvent::LoadingModel);
-    let (device, dtype) = device::best_device();
-    let device_name = device::describe(&device);
-    let loaded = source::load(&files, &LoadOptions { device, dtype })?;
+    // The data is checked with the model's tokenizer and template before the weights load, so a row the
+    // template refuses stops the run in seconds, not after loading the model.
+    let tools = source::load_text_tools(&files)?;
     let (train_set, eval_set) = datasets(spec, on_event, cancel)?;
     let options = encode_options(
         &spec.train,
         spec.train_on_all_tokens,
         spec.truncate_overlong,
     );
-    let mut encode = |set: &Dataset| -> Result<(Vec<Example>, usize)> {
+    let mut encode = |set: &Dataset| -> Result<Encoded> {
         let mut progress = |p| on_event(PrepareEvent::Data(p));
-        let encoded = encode_dataset(
+        encode_dataset(
             set,
-            &loaded.tokenizer,
-            &loaded.template,
+            &tools.tokenizer,
+            &tools.template,
             &options,
             &mut progress,
             cancel,
         )
-        .map_err(|e| ModelError::NotFound(e.to_string()))?;
-        let dropped = encoded.summary.dropped;
-        Ok((encoded.examples, dropped))
+        .map_err(|e| ModelError::NotFound(e.to_string()))
     };
-    let (train, dropped_train) = encode(&train_set)?;
-    let (eval, dropped_eval) = encode(&eval_set)?;
+    let train_encoded = encode(&train_set)?;
+    let eval_encoded = encode(&eval_set)?;
+    let eval_path = spec.eval_data.as_deref().unwrap_or(&spec.data);
+    let skipped_error_rows = check_encoded(
+        spec,
+        [
+            (&spec.data, &train_set, &train_encoded),
+            (eval_path, &eval_set, &eval_encoded),
+        ],
+    )?;
+    let (train, eval) = (train_encoded.examples, eval_encoded.examples);
+    let dropped = train_encoded.summary.dropped + eval_encoded.summary.dropped;
     if train.is_empty() {
         return Err(ModelError::NotFound(format!(
             "no training example is left after encoding {} (all rows were too long for max_seq_len {}, or unusable): raise max_seq_len or fix the rows the report lists",
@@ -92,11 +101,16 @@ pub fn prepare(
             spec.train.max_seq_len
         )));
     }
+    on_event(PrepareEvent::LoadingModel);
+    let (device, dtype) = device::best_device();
+    let device_name = device::describe(&device);
+    let loaded = source::load(&files, &LoadOptions { device, dtype })?;
     let pad_id = loaded.stop_tokens.first().copied().unwrap_or(0);
     let prepared = Prepared {
         train_examples: train.len(),
         eval_examples: eval.len(),
-        dropped_overlong: dropped_train + dropped_eval,
+        dropped_overlong: dropped,
+        skipped_error_rows,
         device: device_name,
     };
     let job = TrainJob {
@@ -127,6 +141,49 @@ pub fn encode_options(
         seed: config.seed,
         max_listed: crate::engine::data::MAX_LISTED,
     }
+}
+
+/// Rows the chat template cannot encode are errors like any other: training refuses them unless the
+/// run skips rows with errors, and says how many and which. `sets` are the training and evaluation
+/// sets, each with the file its rows come from. Returns how many rows are skipped.
+fn check_encoded(spec: &RunSpec, sets: [(&Path, &Dataset, &Encoded); 2]) -> Result<usize> {
+    let count: usize = sets.iter().map(|(_, _, e)| e.error_count).sum();
+    if count == 0 || spec.skip_error_rows {
+        return Ok(count);
+    }
+    let mut listed: Vec<(&Path, RowNumbering, &RowError)> = sets
+        .iter()
+        .flat_map(|&(path, set, e)| e.errors.iter().map(move |e| (path, set.numbering, e)))
+        .collect();
+    listed.sort_by_key(|&(path, _, e)| (path, e.row));
+    const SHOWN: usize = 3;
+    let shown: Vec<String> = listed
+        .iter()
+        .take(SHOWN)
+        .map(|&(path, numbering, e)| {
+            let row = e
+                .row
+                .map_or_else(String::new, |r| format!(" {}", numbering.name(r)));
+            format!("{}{row}: {}", path.display(), e.message)
+        })
+        .collect();
+    let more = count - shown.len().min(count);
+    let (rows, them) = if count == 1 {
+        ("row", "it")
+    } else {
+        ("rows", "them")
+    };
+    let eval = spec
+        .eval_data
+        .as_ref()
+        .map_or_else(String::new, |e| format!(" --eval-data {}", e.display()));
+    Err(ModelError::NotFound(format!(
+        "{count} {rows} cannot be encoded with the model's chat template, so training would leave {them} out — {}{}. Fix or remove {them} (`loft validate {}{eval} --model {}` lists every one), or pass --skip-error-rows to train without {them}",
+        shown.join("; "),
+        if more > 0 { format!("; and {more} more") } else { String::new() },
+        spec.data.display(),
+        spec.model,
+    )))
 }
 
 /// The training and evaluation sets: the eval file when there is one, else a seeded split.
