@@ -67,13 +67,14 @@ pub fn generate(
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Generation> {
     if prompt.is_empty() {
-        return Err(ModelError::NotFound(
+        return Err(ModelError::invalid_input(
+            "prompt",
             "the prompt is empty: nothing to continue".into(),
         ));
     }
     let context = model.arch.max_position_embeddings;
     if prompt.len() >= context {
-        return Err(ModelError::NotFound(format!(
+        return Err(ModelError::invalid_input("prompt", format!(
             "the prompt has {} tokens but the model's context holds {context}: shorten it",
             prompt.len()
         )));

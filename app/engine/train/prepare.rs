@@ -80,7 +80,7 @@ pub fn prepare(
             &mut progress,
             cancel,
         )
-        .map_err(|e| ModelError::NotFound(e.to_string()))
+        .map_err(ModelError::from)
     };
     let train_encoded = encode(&train_set)?;
     let eval_encoded = encode(&eval_set)?;
@@ -95,7 +95,7 @@ pub fn prepare(
     let (train, eval) = (train_encoded.examples, eval_encoded.examples);
     let dropped = train_encoded.summary.dropped + eval_encoded.summary.dropped;
     if train.is_empty() {
-        return Err(ModelError::NotFound(format!(
+        return Err(ModelError::invalid_input("data", format!(
             "no training example is left after encoding {} (all rows were too long for max_seq_len {}, or unusable): raise max_seq_len or fix the rows the report lists",
             spec.data.display(),
             spec.train.max_seq_len
@@ -177,7 +177,7 @@ fn check_encoded(spec: &RunSpec, sets: [(&Path, &Dataset, &Encoded); 2]) -> Resu
         .eval_data
         .as_ref()
         .map_or_else(String::new, |e| format!(" --eval-data {}", e.display()));
-    Err(ModelError::NotFound(format!(
+    Err(ModelError::invalid_input("data", format!(
         "{count} {rows} cannot be encoded with the model's chat template, so training would leave {them} out — {}{}. Fix or remove {them} (`loft validate {}{eval} --model {}` lists every one), or pass --skip-error-rows to train without {them}",
         shown.join("; "),
         if more > 0 { format!("; and {more} more") } else { String::new() },
@@ -195,9 +195,9 @@ fn datasets(
     let mut read = |path: &Path| -> Result<Dataset> {
         let mut progress = |p| on_event(PrepareEvent::Data(p));
         let validated = validate_file(path, &ValidateOptions::default(), &mut progress, cancel)
-            .map_err(|e| ModelError::NotFound(e.to_string()))?;
+            .map_err(ModelError::from)?;
         if let Err(e) = validated.report.check_trainable(spec.skip_error_rows) {
-            return Err(ModelError::NotFound(format!(
+            return Err(ModelError::invalid_input("data", format!(
                 "{}: {e}; run `loft validate {}` to see the rows{}",
                 path.display(),
                 path.display(),
@@ -222,7 +222,7 @@ fn datasets(
                 SplitSpec::Count(spec.eval_split as usize)
             };
             data.split(&split, spec.train.seed)
-                .map_err(|e| ModelError::NotFound(e.to_string()))
+                .map_err(ModelError::from)
         }
     }
 }
@@ -230,7 +230,7 @@ fn datasets(
 fn check_unchanged(path: &Path, hash: &str) -> Result<()> {
     let now = sha256_file(path)?;
     if now != hash {
-        return Err(ModelError::NotFound(format!(
+        return Err(ModelError::run_state(format!(
             "{} changed since this run started, so resuming would train on different data; start a new run instead",
             path.display()
         )));
