@@ -69,7 +69,7 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(ModelError::invalid_input(
             "prompt",
-            "the prompt is empty: nothing to continue".into(),
+            "the prompt is empty: nothing to continue",
         ));
     }
     let context = model.arch.max_position_embeddings;

@@ -333,7 +333,7 @@ mod tests {
         key.set(Some(5));
         let train = ad.forward(&x).unwrap().to_vec2::<f32>().unwrap();
         assert_ne!(train, eval, "training must drop inputs");
-        let mask = ad.dropout_values(8, 5);
+        let mask = ad.mask(5).values(8);
         let (xs, a_rows, b_rows) = (
             x.to_vec2::<f32>().unwrap(),
             a.to_vec2::<f32>().unwrap(),
