@@ -505,6 +505,45 @@ fn closing_the_window_mid_run_says_it_saves_a_checkpoint_and_closes_after() {
 }
 
 #[test]
+fn try_it_never_answers_with_the_model_it_replaced() {
+    let runs = tempfile::tempdir().unwrap();
+    // A second model: the same files in another folder, so opening it replaces the first.
+    let second = support::copy_to_temp(&tiny_chat_model());
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model()]);
+    wait_for(&mut h, "the model", |h| has(h, "Opened:"));
+    h.get_by_label("Prompt").click();
+    h.step();
+    h.get_by_label("Prompt")
+        .type_text("How long does shipping take?");
+    h.step();
+    // "Send" to the first model in the frame that starts opening the second.
+    h.get_by_label("Send").click_accesskit();
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(second.path().to_path_buf())));
+    h.step();
+    let second_spec = second.path().display().to_string();
+    wait_for(&mut h, "the second model", |h| {
+        h.state().model.spec() == Some(second_spec.as_str()) && !has(h, "Opening ")
+    });
+    // The first model answers within a second or two; nothing of it may reach the second's page.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert!(
+            !has(&h, "tokens/s (greedy)") && !has(&h, "thinking…"),
+            "an answer from the replaced model is shown"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    click(&mut h, "Send");
+    wait_for(&mut h, "the second model's answer", |h| {
+        has(h, "tokens/s (greedy)")
+    });
+}
+
+#[test]
 fn a_typed_repo_id_downloads_from_the_hub_and_then_lists_as_cached() {
     let hub = hub_server::HubServer::start();
     hub.add_repo("loft-test/tiny-chat", &tiny_chat_model());

@@ -24,7 +24,8 @@ enum OpenReport {
 }
 
 enum ChatReport {
-    Loaded(Arc<LoadedModel>),
+    /// The model was loaded for the opened model whose files live at this root.
+    Loaded(PathBuf, Arc<LoadedModel>),
     Text(String),
     Done(String),
     Failed(String),
@@ -81,11 +82,13 @@ pub struct ModelPage {
     cache: Option<Result<Vec<CachedModel>, String>>,
     cache_job: Option<Job<Result<Vec<CachedModel>, String>>>,
     dialog: Option<Job<Option<PathBuf>>>,
-    // "Try it"
+    // "Try it": every answer shown and every model kept belongs to the model opened now. Opening another
+    // drops the job of the old one (so none of its reports is read) and the model it loaded.
     prompt: String,
     reply: String,
     reply_stats: String,
-    loaded: Option<Arc<LoadedModel>>,
+    /// The model loaded for "Try it", with the root of the files it was loaded from.
+    loaded: Option<(PathBuf, Arc<LoadedModel>)>,
     chat_job: Option<Job<ChatReport>>,
 }
 
@@ -134,8 +137,7 @@ impl ModelPage {
         self.source = spec.clone();
         self.error = None;
         self.download = None;
-        self.loaded = None;
-        self.reply.clear();
+        self.forget_chat();
         self.opening = Some(spec.clone());
         let hub = self.hub.clone();
         self.open_job = Some(Job::spawn(ctx, "open-model", move |r| {
@@ -159,6 +161,7 @@ impl ModelPage {
     }
 
     pub fn poll(&mut self) {
+        let mut replaced = false;
         if let Some(job) = &mut self.open_job {
             for report in job.poll() {
                 match report {
@@ -167,6 +170,7 @@ impl ModelPage {
                         let spec = self.opening.take().unwrap_or_default();
                         self.opened = Some((spec, info));
                         self.download = None;
+                        replaced = true;
                     }
                     OpenReport::Failed(message) => {
                         self.error = Some(message);
@@ -180,6 +184,10 @@ impl ModelPage {
                 self.opening = None;
             }
         }
+        if replaced {
+            // Anything "Try it" holds or is doing belongs to the model just replaced.
+            self.forget_chat();
+        }
         if let Some(job) = &mut self.cache_job {
             if let Some(list) = job.poll().pop() {
                 self.cache = Some(list);
@@ -188,10 +196,15 @@ impl ModelPage {
                 self.cache_job = None;
             }
         }
+        let root = self.info().map(|i| i.files.root.clone());
         if let Some(job) = &mut self.chat_job {
             for report in job.poll() {
                 match report {
-                    ChatReport::Loaded(model) => self.loaded = Some(model),
+                    ChatReport::Loaded(from, model) => {
+                        if root.as_ref() == Some(&from) {
+                            self.loaded = Some((from, model));
+                        }
+                    }
                     ChatReport::Text(t) => self.reply.push_str(&t),
                     ChatReport::Done(stats) => self.reply_stats = stats,
                     ChatReport::Failed(e) => self.reply_stats = format!("failed: {e}"),
@@ -206,6 +219,14 @@ impl ModelPage {
     /// Forget the model loaded for "Try it" (training loads its own copy; two would double the memory).
     pub fn release_loaded(&mut self) {
         self.loaded = None;
+    }
+
+    /// Stop "Try it" and clear its answer: dropping the job cancels it and discards its reports.
+    fn forget_chat(&mut self) {
+        self.chat_job = None;
+        self.loaded = None;
+        self.reply.clear();
+        self.reply_stats.clear();
     }
 
     pub fn is_busy(&self) -> bool {
@@ -281,7 +302,9 @@ impl ModelPage {
             ui.separator();
             self.info_ui(ui, memory);
             ui.separator();
-            self.try_it_ui(ui, &ctx);
+            // Ids of its own keep the prompt's focus (and a click on Send) when rows above appear.
+            let own_ids = egui::UiBuilder::new().scope_id(egui::Id::unique("loft-try-it"));
+            ui.scope_builder(own_ids, |ui| self.try_it_ui(ui, &ctx));
         }
     }
 
@@ -428,16 +451,15 @@ impl ModelPage {
             )
             .labelled_by(label.id);
             let running = self.chat_job.is_some();
+            // While another model opens, an answer would come from the one being replaced.
+            let ready = !self.prompt.trim().is_empty() && self.opening.is_none();
             if running {
                 if ui.button("Stop").clicked() {
                     if let Some(job) = &self.chat_job {
                         job.cancel();
                     }
                 }
-            } else if ui
-                .add_enabled(!self.prompt.trim().is_empty(), egui::Button::new("Send"))
-                .clicked()
-            {
+            } else if (ui.add_enabled(ready, egui::Button::new("Send")).clicked()) && ready {
                 self.send_prompt(ctx);
             }
         });
@@ -466,7 +488,11 @@ impl ModelPage {
             return;
         };
         let files = info.files.clone();
-        let loaded = self.loaded.clone();
+        let loaded = self
+            .loaded
+            .as_ref()
+            .filter(|(root, _)| *root == files.root)
+            .map(|(_, model)| model.clone());
         let prompt = self.prompt.trim().to_string();
         self.reply.clear();
         self.reply_stats.clear();
@@ -478,7 +504,7 @@ impl ModelPage {
                     match source::load(&files, &LoadOptions { device, dtype }) {
                         Ok(m) => {
                             let m = Arc::new(m);
-                            r.send(ChatReport::Loaded(m.clone()));
+                            r.send(ChatReport::Loaded(files.root.clone(), m.clone()));
                             m
                         }
                         Err(e) => return r.send(ChatReport::Failed(e.to_string())),
