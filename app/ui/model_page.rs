@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use egui::{RichText, Ui};
 
+use super::dialogs::{self, Picked};
 use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::cache::{self, CachedModel};
@@ -81,7 +82,10 @@ pub struct ModelPage {
     download: Option<Download>,
     cache: Option<Result<Vec<CachedModel>, String>>,
     cache_job: Option<Job<Result<Vec<CachedModel>, String>>>,
-    dialog: Option<Job<Option<PathBuf>>>,
+    dialog: Option<Job<Picked>>,
+    /// Why no dialog showed, when one could not (the path field is the way in then).
+    no_dialog: bool,
+    focus_source: bool,
     // "Try it": every answer shown and every model kept belongs to the model opened now. Opening another
     // drops the job of the old one (so none of its reports is read) and the model it loaded.
     prompt: String,
@@ -136,6 +140,7 @@ impl ModelPage {
     pub fn open(&mut self, ctx: &egui::Context, spec: String) {
         self.source = spec.clone();
         self.error = None;
+        self.no_dialog = false;
         self.download = None;
         self.forget_chat();
         self.opening = Some(spec.clone());
@@ -237,14 +242,17 @@ impl ModelPage {
     /// it could not tell).
     pub fn ui(&mut self, ui: &mut Ui, memory: Option<Option<u64>>) {
         let ctx = ui.ctx().clone();
-        if let Some(job) = &mut self.dialog {
-            let picked = job.poll().pop().flatten();
-            if !job.is_running() {
-                self.dialog = None;
+        match dialogs::poll(&mut self.dialog) {
+            Some(Picked::Paths(paths)) => {
+                if let Some(path) = paths.into_iter().next() {
+                    self.open(&ctx, path.display().to_string());
+                }
             }
-            if let Some(path) = picked {
-                self.open(&ctx, path.display().to_string());
+            Some(Picked::Nothing { unseen: true }) => {
+                self.no_dialog = true;
+                self.focus_source = true;
             }
+            Some(Picked::Nothing { unseen: false }) | None => {}
         }
         widgets::heading(
             ui,
@@ -252,18 +260,35 @@ impl ModelPage {
             "The model you start from. Open a Hugging Face folder or a .gguf file (or drop it on the window), pick one you already downloaded, or type a repo id.",
         );
         ui.horizontal(|ui| {
-            if ui.button("Open folder…").clicked() {
-                self.dialog = Some(super::dialogs::pick_folder(&ctx, "Open a model folder"));
+            let free = self.dialog.is_none();
+            if ui
+                .add_enabled(free, egui::Button::new("Open folder…"))
+                .clicked()
+            {
+                self.dialog = Some(dialogs::pick_folder(&ctx, "Open a model folder"));
             }
-            if ui.button("Open .gguf file…").clicked() {
-                self.dialog = Some(super::dialogs::pick_file(
+            if ui
+                .add_enabled(free, egui::Button::new("Open .gguf file…"))
+                .clicked()
+            {
+                self.dialog = Some(dialogs::pick_file(
                     &ctx,
                     "Open a GGUF model",
                     "GGUF model",
                     &["gguf"],
                 ));
             }
+            if !free {
+                ui.spinner();
+                ui.label("waiting for the file dialog…");
+            }
         });
+        if self.no_dialog {
+            ui.colored_label(
+                WARN,
+                format!("{} Use the field below: a model folder, a .gguf file or a Hugging Face repo id.", dialogs::NO_DIALOG),
+            );
+        }
         ui.horizontal(|ui| {
             let label = ui.label("Folder, .gguf or repo id");
             let edit = ui
@@ -273,6 +298,9 @@ impl ModelPage {
                         .desired_width(360.0),
                 )
                 .labelled_by(label.id);
+            if std::mem::take(&mut self.focus_source) {
+                edit.request_focus();
+            }
             let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
             let busy = self.open_job.is_some();
             if (ui
@@ -444,12 +472,14 @@ impl ModelPage {
         );
         ui.horizontal(|ui| {
             let label = ui.label("Prompt");
-            ui.add(
-                egui::TextEdit::singleline(&mut self.prompt)
-                    .hint_text("How long does shipping take?")
-                    .desired_width(360.0),
-            )
-            .labelled_by(label.id);
+            let edit = ui
+                .add(
+                    egui::TextEdit::singleline(&mut self.prompt)
+                        .hint_text("How long does shipping take?")
+                        .desired_width(360.0),
+                )
+                .labelled_by(label.id);
+            let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
             let running = self.chat_job.is_some();
             // While another model opens, an answer would come from the one being replaced.
             let ready = !self.prompt.trim().is_empty() && self.opening.is_none();
@@ -459,7 +489,8 @@ impl ModelPage {
                         job.cancel();
                     }
                 }
-            } else if (ui.add_enabled(ready, egui::Button::new("Send")).clicked()) && ready {
+            } else if (ui.add_enabled(ready, egui::Button::new("Send")).clicked() || enter) && ready
+            {
                 self.send_prompt(ctx);
             }
         });
