@@ -505,6 +505,106 @@ fn closing_the_window_mid_run_says_it_saves_a_checkpoint_and_closes_after() {
 }
 
 #[test]
+fn try_it_never_answers_with_the_model_it_replaced() {
+    let runs = tempfile::tempdir().unwrap();
+    // A second model: the same files in another folder, so opening it replaces the first.
+    let second = support::copy_to_temp(&tiny_chat_model());
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model()]);
+    wait_for(&mut h, "the model", |h| has(h, "Opened:"));
+    h.get_by_label("Prompt").click();
+    h.step();
+    h.get_by_label("Prompt")
+        .type_text("How long does shipping take?");
+    h.step();
+    // "Send" to the first model in the frame that starts opening the second.
+    h.get_by_label("Send").click_accesskit();
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(second.path().to_path_buf())));
+    h.step();
+    let second_spec = second.path().display().to_string();
+    wait_for(&mut h, "the second model", |h| {
+        h.state().model.spec() == Some(second_spec.as_str()) && !has(h, "Opening ")
+    });
+    // The first model answers within a second or two; nothing of it may reach the second's page.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert!(
+            !has(&h, "tokens/s (greedy)") && !has(&h, "thinking…"),
+            "an answer from the replaced model is shown"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    click(&mut h, "Send");
+    wait_for(&mut h, "the second model's answer", |h| {
+        has(h, "tokens/s (greedy)")
+    });
+}
+
+#[test]
+fn enter_in_try_it_sends_the_prompt() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model()]);
+    wait_for(&mut h, "the model", |h| has(h, "Opened:"));
+    h.get_by_label("Prompt").click();
+    h.step();
+    h.get_by_label("Prompt").type_text("Where is my order?");
+    h.step();
+    h.key_press(egui::Key::Enter);
+    h.step();
+    wait_for(&mut h, "the answer", |h| has(h, "tokens/s (greedy)"));
+}
+
+/// Whether this test process can reach a D-Bus session, through which rfd asks the desktop's
+/// file-dialog portal. The test machines (and CI) have none: there a dialog cannot open.
+fn desktop_session() -> bool {
+    std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
+        || std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| Path::new(&d).join("bus").exists())
+}
+
+#[test]
+fn where_no_file_dialog_opens_the_data_page_says_so_and_takes_a_typed_path() {
+    let runs = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "not a dataset").unwrap();
+    let mut h = app(runs.path());
+    click(&mut h, "2. Data");
+    if desktop_session() {
+        // A real dialog would open here; the typed path is offered by its link instead.
+        click(&mut h, "or type a path");
+    } else {
+        click(&mut h, "Add dataset files…");
+        wait_for(&mut h, "the page to say no dialog opened", |h| {
+            has(h, "No file dialog could be opened here")
+        });
+    }
+    let submit = |h: &mut Harness<'static, LoftApp>, path: &Path| {
+        h.get_by_label("Dataset path")
+            .set_text_value_accesskit(&path.display().to_string());
+        h.step();
+        click(h, "Add");
+        h.state().data.files.len()
+    };
+    assert_eq!(submit(&mut h, &dir.path().join("missing.jsonl")), 0);
+    assert!(
+        has(&h, "missing.jsonl does not exist"),
+        "a missing file is named"
+    );
+    assert_eq!(submit(&mut h, &notes), 0);
+    assert!(has(&h, "is not a .json or .jsonl file"));
+    assert_eq!(submit(&mut h, dir.path()), 0);
+    assert!(has(&h, "is a folder"));
+    assert_eq!(submit(&mut h, &sample_chat()), 1);
+    wait_for(&mut h, "the validation summary", |h| {
+        has(h, "Validation: ready")
+    });
+}
+
+#[test]
 fn a_typed_repo_id_downloads_from_the_hub_and_then_lists_as_cached() {
     let hub = hub_server::HubServer::start();
     hub.add_repo("loft-test/tiny-chat", &tiny_chat_model());
@@ -545,6 +645,96 @@ fn a_typed_repo_id_downloads_from_the_hub_and_then_lists_as_cached() {
     wait_for(&mut h, "the cache list", |h| {
         h.query_by_label("loft-test/tiny-chat").is_some()
     });
+}
+
+#[test]
+fn the_train_page_says_what_a_run_will_do_before_it_starts() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    click(&mut h, "4. Train");
+    // 105 rows, 10% held out (11), 94 to train on; 3 epochs of ceil(94 / (4 × 4)) = 6 steps.
+    let plan = text(&h, "Plan:");
+    assert!(
+        plan.contains("18 steps of 16 examples each (3 epochs) over 94 training examples")
+            && plan.contains("11 examples held out"),
+        "{plan}"
+    );
+    let folder = text(&h, "The run goes to");
+    assert!(
+        folder.contains(&runs.path().display().to_string()) && folder.contains("tiny-chat-lora"),
+        "{folder}"
+    );
+    assert!(has(&h, "Time: no estimate yet"));
+
+    // The run does what the plan said.
+    click(&mut h, "Start training");
+    wait_for(&mut h, "the first steps", |h| {
+        h.state().train.curves.loss.len() >= 2
+    });
+    assert_eq!(h.state().train.total_steps, 18);
+    let run = h.state().train.run_dir.clone().unwrap();
+    assert_eq!(run.parent(), Some(runs.path()));
+    assert!(
+        run.display().to_string().ends_with("tiny-chat-lora"),
+        "{run:?}"
+    );
+    assert!(has(&h, "94 training and 11 evaluation examples"));
+
+    // The loss plot reads as text too.
+    let summary = text(&h, "Loss plot:");
+    assert!(
+        summary.starts_with("Loss plot: training loss from ") && summary.contains(" at step 1 to "),
+        "{summary}"
+    );
+    click(&mut h, "Cancel");
+    wait_for(&mut h, "the cancel", |h| {
+        matches!(h.state().train.phase, Phase::Cancelled { .. })
+    });
+}
+
+#[test]
+fn help_opens_from_the_keyboard_and_screen_readers_read_it() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    click(&mut h, "3. Method");
+    let explanation = "How many independent directions";
+    let help = h.get_by_label("Help: Rank (r)");
+    let description = help.accesskit_node().description().unwrap_or_default();
+    assert!(description.starts_with(explanation), "{description:?}");
+    assert!(!has(&h, explanation), "hidden until asked for");
+    help.focus();
+    h.step();
+    h.key_press(egui::Key::Enter);
+    h.step();
+    h.step();
+    assert!(has(&h, explanation), "Enter on the focused help shows it");
+    h.get_by_label("Help: Rank (r)").focus();
+    h.step();
+    h.key_press(egui::Key::Space);
+    h.step();
+    h.step();
+    assert!(!has(&h, explanation), "pressing it again hides it");
+}
+
+#[test]
+fn the_eval_share_and_the_length_histogram_are_named_for_screen_readers() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    click(&mut h, "2. Data");
+    h.get_by_label("Held-out share").set_value_accesskit(20.0);
+    h.step();
+    h.step();
+    assert_eq!(h.state().data.eval, EvalChoice::Split(20.0));
+    let histogram = text(&h, "Histogram of example lengths in tokens");
+    assert!(
+        histogram.contains(": 105 examples between ")
+            && histogram.contains("at or over max_seq_len 1024"),
+        "{histogram}"
+    );
 }
 
 /// Read syscalls this thread has made (Linux's per-thread I/O accounting).

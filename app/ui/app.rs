@@ -16,7 +16,8 @@ use super::remembered::Remembered;
 use super::runs_page::{self, RunsPage};
 use super::train_page::{self, TrainPage};
 use super::widgets::{self, GOOD};
-use crate::engine::train::run::{sha256_file, timestamp, RunDir, RunSpec};
+use crate::engine::data::SplitSpec;
+use crate::engine::train::run::{sha256_file, slug, timestamp, RunDir, RunSpec};
 use crate::engine::train::runs::{Curves, RunSummary};
 use crate::engine::train::TrainCommand;
 
@@ -234,6 +235,66 @@ impl LoftApp {
             return Some("creating the run folder…".into());
         }
         None
+    }
+
+    /// What a run with the current choices will do (None until the training file has been checked).
+    fn plan(&self, spec: &RunSpec) -> Option<Result<train_page::Plan, String>> {
+        let report = self.data.train_file()?.report()?;
+        let rows = report.usable_rows;
+        let (held_out, eval) = match self.data.eval_file() {
+            Some(file) => (
+                0,
+                format!(
+                    "{} ({})",
+                    file.path.display(),
+                    file.report().map_or("not checked yet".into(), |r| format!(
+                        "{} examples",
+                        r.usable_rows
+                    ))
+                ),
+            ),
+            None if spec.eval_split > 0.0 => {
+                match SplitSpec::Fraction(spec.eval_split).eval_rows(rows) {
+                    Ok(n) => (
+                        n,
+                        format!(
+                            "{n} examples held out from the training file ({}%)",
+                            (spec.eval_split * 1000.0).round() / 10.0
+                        ),
+                    ),
+                    Err(e) => return Some(Err(e.to_string())),
+                }
+            }
+            None => (0, "no examples (no evaluation)".into()),
+        };
+        let train_examples = rows - held_out;
+        let overlong = report
+            .stats
+            .encoding
+            .as_ref()
+            .map_or(0, |e| e.over_max_seq_len);
+        // Left-out rows leave the training set in proportion (the split is random).
+        let kept = if spec.truncate_overlong || rows == 0 {
+            train_examples
+        } else {
+            train_examples
+                - (overlong * train_examples)
+                    .div_ceil(rows)
+                    .min(train_examples)
+        };
+        let config = &spec.train;
+        Some(Ok(train_page::Plan {
+            train_examples,
+            eval,
+            overlong,
+            truncate: spec.truncate_overlong,
+            steps: config.total_steps(kept),
+            examples_per_step: config.micro_batch_size.saturating_mul(config.grad_accum),
+            epochs: config.max_steps.is_none().then_some(config.epochs),
+            folder: self
+                .runs_dir
+                .join(format!("{}-{}", timestamp(), slug(&spec.name))),
+        }))
     }
 
     /// The run the current choices describe, before its data is hashed (None until model and data exist).
@@ -463,7 +524,8 @@ impl LoftApp {
                 let draft = self.draft_spec().map(|spec| {
                     crate::engine::train::command::command_line(&spec, Some(&self.runs_dir), None)
                 });
-                if let train_page::Action::Start = self.train.ui(ui, self.blocker(), draft) {
+                let plan = self.draft_spec().and_then(|spec| self.plan(&spec));
+                if let train_page::Action::Start = self.train.ui(ui, self.blocker(), draft, plan) {
                     self.start_run(&ctx);
                 }
             }

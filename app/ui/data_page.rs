@@ -11,6 +11,7 @@ use egui::{Color32, RichText, TextFormat, Ui};
 use egui_plot::{Bar, BarChart, Plot, VLine};
 use serde::{Deserialize, Serialize};
 
+use super::dialogs::{self, PathEntry, Picked};
 use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::data::{
@@ -86,7 +87,9 @@ pub struct DataPage {
     pub truncate_overlong: bool,
     /// Learn every token of the conversation, not only the assistant's replies.
     pub train_on_all_tokens: bool,
-    dialog: Option<Job<Vec<PathBuf>>>,
+    dialog: Option<Job<Picked>>,
+    /// A dataset path typed by hand, where no file dialog can open.
+    typed: PathEntry,
 }
 
 impl Default for DataPage {
@@ -99,6 +102,7 @@ impl Default for DataPage {
             truncate_overlong: false,
             train_on_all_tokens: false,
             dialog: None,
+            typed: PathEntry::default(),
         }
     }
 }
@@ -231,27 +235,48 @@ impl DataPage {
 
     pub fn ui(&mut self, ui: &mut Ui, max_seq_len: usize) {
         let ctx = ui.ctx().clone();
-        if let Some(job) = &mut self.dialog {
-            let picked: Vec<PathBuf> = job.poll().into_iter().flatten().collect();
-            if !job.is_running() {
-                self.dialog = None;
-            }
-            for p in picked {
-                self.add(p);
-            }
+        match dialogs::poll(&mut self.dialog) {
+            Some(Picked::Paths(paths)) => paths.into_iter().for_each(|p| self.add(p)),
+            Some(Picked::Nothing { unseen: true }) => self.typed.offer(dialogs::NO_DIALOG),
+            Some(Picked::Nothing { unseen: false }) | None => {}
         }
         widgets::heading(
             ui,
             "Data",
             "Examples of what the model should learn: .json or .jsonl files in instruction (instruction/input/output) or chat (messages) form. Drop them anywhere on the window.",
         );
-        if ui.button("Add dataset files…").clicked() {
-            self.dialog = Some(super::dialogs::pick_files(
-                &ctx,
-                "Add datasets",
-                "Datasets",
-                &["json", "jsonl"],
-            ));
+        ui.horizontal(|ui| {
+            let open = self.dialog.is_none();
+            if ui
+                .add_enabled(open, egui::Button::new("Add dataset files…"))
+                .clicked()
+            {
+                self.dialog = Some(dialogs::pick_files(
+                    &ctx,
+                    "Add datasets",
+                    "Datasets",
+                    &["json", "jsonl"],
+                ));
+            }
+            if !open {
+                ui.spinner();
+                ui.label("waiting for the file dialog…");
+            }
+            self.typed.offer_link(ui, "or type a path");
+        });
+        let typed = self.typed.ui(ui, "Dataset path", "Add", |path| {
+            dialogs::existing(path, false)?;
+            if is_dataset(path) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} is not a .json or .jsonl file; Loft reads datasets in those two formats.",
+                    path.display()
+                ))
+            }
+        });
+        if let Some(path) = typed {
+            self.add(path);
         }
         if self.files.is_empty() {
             ui.add_space(20.0);
@@ -314,18 +339,21 @@ impl DataPage {
                 EvalChoice::File(_) => 10.0,
             };
             if ui
-                .radio(matches!(self.eval, EvalChoice::Split(_)), "a held-out share of the training file")
+                .radio(matches!(self.eval, EvalChoice::Split(_)), "a share held out from the training file")
                 .clicked()
             {
                 self.eval = EvalChoice::Split(percent);
             }
             if let EvalChoice::Split(_) = self.eval {
-                let r = ui.add(
-                    egui::DragValue::new(&mut percent)
-                        .range(0.0..=50.0)
-                        .speed(0.5)
-                        .suffix(" %"),
-                );
+                let name = ui.label("Held-out share");
+                let r = ui
+                    .add(
+                        egui::DragValue::new(&mut percent)
+                            .range(0.0..=50.0)
+                            .speed(0.5)
+                            .suffix(" %"),
+                    )
+                    .labelled_by(name.id);
                 if r.changed() {
                     self.eval = EvalChoice::Split(percent);
                 }
@@ -341,6 +369,7 @@ impl DataPage {
             }
             widgets::help(
                 ui,
+                "Evaluate on",
                 "Evaluation examples are never trained on. Their loss tells whether the model learns the task or only memorises the training rows. 10% is a good default; a separate file is better when you have one.",
             );
         });
@@ -359,11 +388,11 @@ impl DataPage {
             ui.label("Examples longer than max_seq_len");
             ui.radio_value(&mut self.truncate_overlong, false, "leave out");
             ui.radio_value(&mut self.truncate_overlong, true, "cut to fit");
-            widgets::help(ui, "Leaving long examples out keeps every answer whole; cutting keeps the example but the model may learn answers that stop mid-sentence. Better: raise max_seq_len (Method step) if memory allows.");
+            widgets::help(ui, "Examples longer than max_seq_len", "Leaving long examples out keeps every answer whole; cutting keeps the example but the model may learn answers that stop mid-sentence. Better: raise max_seq_len (Method step) if memory allows.");
         });
         ui.horizontal(|ui| {
             ui.checkbox(&mut self.train_on_all_tokens, "Learn the whole conversation, not only the answers");
-            widgets::help(ui, "By default the loss counts only the assistant's replies, so the model learns to answer, not to write questions. Turn this on for plain-text continuation data.");
+            widgets::help(ui, "Learn the whole conversation", "By default the loss counts only the assistant's replies, so the model learns to answer, not to write questions. Turn this on for plain-text continuation data.");
         });
     }
 }
@@ -612,7 +641,8 @@ fn histogram_ui(ui: &mut Ui, h: &data::Histogram, max_seq_len: usize, path: &Pat
         .enumerate()
         .map(|(i, &c)| Bar::new((i as f64 + 0.5) * width, c as f64).width(width * 0.9))
         .collect();
-    Plot::new(("histogram", path))
+    let limit = (h.unit == "tokens").then_some(max_seq_len as u64);
+    let plot = Plot::new(("histogram", path))
         .height(140.0)
         .allow_scroll(false)
         .allow_zoom(false)
@@ -621,10 +651,49 @@ fn histogram_ui(ui: &mut Ui, h: &data::Histogram, max_seq_len: usize, path: &Pat
         .y_axis_label("examples")
         .show(ui, |plot| {
             plot.bar_chart(BarChart::new("examples", bars));
-            if h.unit == "tokens" {
-                plot.vline(VLine::new("max_seq_len", max_seq_len as f64).color(BAD));
+            if let Some(limit) = limit {
+                plot.vline(VLine::new("max_seq_len", limit as f64).color(BAD));
             }
         });
+    widgets::describe_image(&plot.response, histogram_summary(h, limit));
+}
+
+/// The histogram in words, for screen readers: "Histogram of example lengths in tokens: 105 examples
+/// between 0 and 120 tokens; most (40) between 40 and 50; 0 at or over max_seq_len 1024".
+fn histogram_summary(h: &data::Histogram, limit: Option<u64>) -> String {
+    let total: u64 = h.counts.iter().sum();
+    let bounds = |i: usize| (i as u64 * h.bin_width, (i as u64 + 1) * h.bin_width);
+    let first = h.counts.iter().position(|&c| c > 0);
+    let last = h.counts.iter().rposition(|&c| c > 0);
+    let fullest = h
+        .counts
+        .iter()
+        .enumerate()
+        .max_by_key(|&(i, &c)| (c, std::cmp::Reverse(i)));
+    let mut text = format!(
+        "Histogram of example lengths in {}: {total} examples",
+        h.unit
+    );
+    if let (Some(first), Some(last), Some((top, &count))) = (first, last, fullest) {
+        let (low, _) = bounds(first);
+        let (_, high) = bounds(last);
+        let (top_low, top_high) = bounds(top);
+        text.push_str(&format!(
+            " between {low} and {high} {unit}; most ({count}) between {top_low} and {top_high}",
+            unit = h.unit
+        ));
+    }
+    if let Some(limit) = limit {
+        let over: u64 = h
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| bounds(i).0 >= limit)
+            .map(|(_, &c)| c)
+            .sum();
+        text.push_str(&format!("; {over} at or over max_seq_len {limit}"));
+    }
+    text
 }
 
 /// The rendered conversation with trained spans highlighted and the rest dimmed.
@@ -669,4 +738,31 @@ fn highlighted(ui: &Ui, p: &Rendered) -> LayoutJob {
     }
     job.wrap.max_width = ui.available_width();
     job
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_histogram_reads_as_a_sentence_with_its_figures() {
+        let h = data::Histogram {
+            unit: "tokens".into(),
+            bin_width: 10,
+            counts: vec![0, 3, 7, 7, 0, 2],
+            limit: None,
+        };
+        assert_eq!(
+            histogram_summary(&h, Some(50)),
+            "Histogram of example lengths in tokens: 19 examples between 10 and 60 tokens; most (7) between 20 and 30; 2 at or over max_seq_len 50"
+        );
+        let empty = data::Histogram {
+            counts: vec![],
+            ..h
+        };
+        assert_eq!(
+            histogram_summary(&empty, None),
+            "Histogram of example lengths in tokens: 0 examples"
+        );
+    }
 }

@@ -147,7 +147,7 @@ impl MethodPage {
             if ui.selectable_label(c.lora.targets == attention, "Attention (q_proj, v_proj)").clicked() {
                 c.lora.targets = attention;
             }
-            widgets::help(ui, "Which layers get an adapter. All linear layers (attention and MLP) learns best for its cost; attention-only is the original LoRA recipe and the lightest.");
+            widgets::help(ui, "Target modules", "Which layers get an adapter. All linear layers (attention and MLP) learns best for its cost; attention-only is the original LoRA recipe and the lightest.");
         });
         ui.horizontal_wrapped(|ui| {
             for name in ALL_LINEAR_TARGETS {
@@ -166,7 +166,7 @@ impl MethodPage {
         });
         ui.horizontal(|ui| {
             ui.checkbox(&mut c.lora.use_rslora, "rsLoRA (scale by alpha/sqrt(r))");
-            widgets::help(ui, "Rank-stabilised LoRA: with alpha/sqrt(r) instead of alpha/r, high ranks (64 and up) keep learning instead of being scaled down.");
+            widgets::help(ui, "rsLoRA", "Rank-stabilised LoRA: with alpha/sqrt(r) instead of alpha/r, high ranks (64 and up) keep learning instead of being scaled down.");
         });
     }
 
@@ -195,7 +195,7 @@ impl MethodPage {
                 let label = ui.label("Epochs");
                 ui.add(DragValue::new(&mut c.epochs).range(0.1..=100.0).speed(0.1)).labelled_by(label.id);
             }
-            widgets::help(ui, "An epoch is one pass over the training examples. 1–3 epochs is typical; more risks memorising the examples (watch the eval loss rise).");
+            widgets::help(ui, "Length", "An epoch is one pass over the training examples. 1–3 epochs is typical; more risks memorising the examples (watch the eval loss rise).");
         });
         field(
             ui,
@@ -224,7 +224,7 @@ impl MethodPage {
                 })
                 .response
                 .labelled_by(label.id);
-            widgets::help(ui, "How the learning rate changes after warm-up: cosine and linear fall to 0 by the end; constant stays.");
+            widgets::help(ui, "Schedule", "How the learning rate changes after warm-up: cosine and linear fall to 0 by the end; constant stays.");
         });
         field(ui, "Warm-up share", "The first part of the run in which the learning rate climbs from 0, so early updates do not overshoot (3% is usual).", |ui| {
             ui.add(DragValue::new(&mut c.warmup_ratio).range(0.0..=0.5).speed(0.005))
@@ -274,7 +274,7 @@ impl MethodPage {
         });
         ui.horizontal(|ui| {
             ui.checkbox(&mut c.gradient_checkpointing, "Gradient checkpointing");
-            widgets::help(ui, "Recomputes activations during the backward pass: about a third of the memory for about a third more time.");
+            widgets::help(ui, "Gradient checkpointing", "Recomputes activations during the backward pass: about a third of the memory for about a third more time.");
         });
         if ui.button("Reset all to defaults").clicked() {
             *c = TrainConfig::default();

@@ -6,8 +6,8 @@
 //! remembered.rs what is kept between launches, read leniently across upgrades
 //! *_page.rs     one step each: model, data, method, train, runs
 //! jobs.rs       background work with progress and cancel
-//! dialogs.rs    native file dialogs, off the UI thread
-//! widgets.rs    help marks, labelled fields, plots, number formats
+//! dialogs.rs    native file dialogs, off the UI thread, and a typed path where none can open
+//! widgets.rs    help buttons, labelled fields, plots with text summaries, number formats
 //! ```
 
 mod app;

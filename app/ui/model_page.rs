@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use egui::{RichText, Ui};
 
+use super::dialogs::{self, Picked};
 use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::cache::{self, CachedModel};
@@ -24,7 +25,8 @@ enum OpenReport {
 }
 
 enum ChatReport {
-    Loaded(Arc<LoadedModel>),
+    /// The model was loaded for the opened model whose files live at this root.
+    Loaded(PathBuf, Arc<LoadedModel>),
     Text(String),
     Done(String),
     Failed(String),
@@ -80,12 +82,17 @@ pub struct ModelPage {
     download: Option<Download>,
     cache: Option<Result<Vec<CachedModel>, String>>,
     cache_job: Option<Job<Result<Vec<CachedModel>, String>>>,
-    dialog: Option<Job<Option<PathBuf>>>,
-    // "Try it"
+    dialog: Option<Job<Picked>>,
+    /// Why no dialog showed, when one could not (the path field is the way in then).
+    no_dialog: bool,
+    focus_source: bool,
+    // "Try it": every answer shown and every model kept belongs to the model opened now. Opening another
+    // drops the job of the old one (so none of its reports is read) and the model it loaded.
     prompt: String,
     reply: String,
     reply_stats: String,
-    loaded: Option<Arc<LoadedModel>>,
+    /// The model loaded for "Try it", with the root of the files it was loaded from.
+    loaded: Option<(PathBuf, Arc<LoadedModel>)>,
     chat_job: Option<Job<ChatReport>>,
 }
 
@@ -133,9 +140,9 @@ impl ModelPage {
     pub fn open(&mut self, ctx: &egui::Context, spec: String) {
         self.source = spec.clone();
         self.error = None;
+        self.no_dialog = false;
         self.download = None;
-        self.loaded = None;
-        self.reply.clear();
+        self.forget_chat();
         self.opening = Some(spec.clone());
         let hub = self.hub.clone();
         self.open_job = Some(Job::spawn(ctx, "open-model", move |r| {
@@ -159,6 +166,7 @@ impl ModelPage {
     }
 
     pub fn poll(&mut self) {
+        let mut replaced = false;
         if let Some(job) = &mut self.open_job {
             for report in job.poll() {
                 match report {
@@ -167,6 +175,7 @@ impl ModelPage {
                         let spec = self.opening.take().unwrap_or_default();
                         self.opened = Some((spec, info));
                         self.download = None;
+                        replaced = true;
                     }
                     OpenReport::Failed(message) => {
                         self.error = Some(message);
@@ -180,6 +189,10 @@ impl ModelPage {
                 self.opening = None;
             }
         }
+        if replaced {
+            // Anything "Try it" holds or is doing belongs to the model just replaced.
+            self.forget_chat();
+        }
         if let Some(job) = &mut self.cache_job {
             if let Some(list) = job.poll().pop() {
                 self.cache = Some(list);
@@ -188,10 +201,15 @@ impl ModelPage {
                 self.cache_job = None;
             }
         }
+        let root = self.info().map(|i| i.files.root.clone());
         if let Some(job) = &mut self.chat_job {
             for report in job.poll() {
                 match report {
-                    ChatReport::Loaded(model) => self.loaded = Some(model),
+                    ChatReport::Loaded(from, model) => {
+                        if root.as_ref() == Some(&from) {
+                            self.loaded = Some((from, model));
+                        }
+                    }
                     ChatReport::Text(t) => self.reply.push_str(&t),
                     ChatReport::Done(stats) => self.reply_stats = stats,
                     ChatReport::Failed(e) => self.reply_stats = format!("failed: {e}"),
@@ -208,6 +226,14 @@ impl ModelPage {
         self.loaded = None;
     }
 
+    /// Stop "Try it" and clear its answer: dropping the job cancels it and discards its reports.
+    fn forget_chat(&mut self) {
+        self.chat_job = None;
+        self.loaded = None;
+        self.reply.clear();
+        self.reply_stats.clear();
+    }
+
     pub fn is_busy(&self) -> bool {
         self.open_job.is_some() || self.chat_job.is_some()
     }
@@ -216,14 +242,17 @@ impl ModelPage {
     /// it could not tell).
     pub fn ui(&mut self, ui: &mut Ui, memory: Option<Option<u64>>) {
         let ctx = ui.ctx().clone();
-        if let Some(job) = &mut self.dialog {
-            let picked = job.poll().pop().flatten();
-            if !job.is_running() {
-                self.dialog = None;
+        match dialogs::poll(&mut self.dialog) {
+            Some(Picked::Paths(paths)) => {
+                if let Some(path) = paths.into_iter().next() {
+                    self.open(&ctx, path.display().to_string());
+                }
             }
-            if let Some(path) = picked {
-                self.open(&ctx, path.display().to_string());
+            Some(Picked::Nothing { unseen: true }) => {
+                self.no_dialog = true;
+                self.focus_source = true;
             }
+            Some(Picked::Nothing { unseen: false }) | None => {}
         }
         widgets::heading(
             ui,
@@ -231,18 +260,35 @@ impl ModelPage {
             "The model you start from. Open a Hugging Face folder or a .gguf file (or drop it on the window), pick one you already downloaded, or type a repo id.",
         );
         ui.horizontal(|ui| {
-            if ui.button("Open folder…").clicked() {
-                self.dialog = Some(super::dialogs::pick_folder(&ctx, "Open a model folder"));
+            let free = self.dialog.is_none();
+            if ui
+                .add_enabled(free, egui::Button::new("Open folder…"))
+                .clicked()
+            {
+                self.dialog = Some(dialogs::pick_folder(&ctx, "Open a model folder"));
             }
-            if ui.button("Open .gguf file…").clicked() {
-                self.dialog = Some(super::dialogs::pick_file(
+            if ui
+                .add_enabled(free, egui::Button::new("Open .gguf file…"))
+                .clicked()
+            {
+                self.dialog = Some(dialogs::pick_file(
                     &ctx,
                     "Open a GGUF model",
                     "GGUF model",
                     &["gguf"],
                 ));
             }
+            if !free {
+                ui.spinner();
+                ui.label("waiting for the file dialog…");
+            }
         });
+        if self.no_dialog {
+            ui.colored_label(
+                WARN,
+                format!("{} Use the field below: a model folder, a .gguf file or a Hugging Face repo id.", dialogs::NO_DIALOG),
+            );
+        }
         ui.horizontal(|ui| {
             let label = ui.label("Folder, .gguf or repo id");
             let edit = ui
@@ -252,6 +298,9 @@ impl ModelPage {
                         .desired_width(360.0),
                 )
                 .labelled_by(label.id);
+            if std::mem::take(&mut self.focus_source) {
+                edit.request_focus();
+            }
             let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
             let busy = self.open_job.is_some();
             if (ui
@@ -281,7 +330,9 @@ impl ModelPage {
             ui.separator();
             self.info_ui(ui, memory);
             ui.separator();
-            self.try_it_ui(ui, &ctx);
+            // Ids of its own keep the prompt's focus (and a click on Send) when rows above appear.
+            let own_ids = egui::UiBuilder::new().scope_id(egui::Id::unique("loft-try-it"));
+            ui.scope_builder(own_ids, |ui| self.try_it_ui(ui, &ctx));
         }
     }
 
@@ -421,22 +472,24 @@ impl ModelPage {
         );
         ui.horizontal(|ui| {
             let label = ui.label("Prompt");
-            ui.add(
-                egui::TextEdit::singleline(&mut self.prompt)
-                    .hint_text("How long does shipping take?")
-                    .desired_width(360.0),
-            )
-            .labelled_by(label.id);
+            let edit = ui
+                .add(
+                    egui::TextEdit::singleline(&mut self.prompt)
+                        .hint_text("How long does shipping take?")
+                        .desired_width(360.0),
+                )
+                .labelled_by(label.id);
+            let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
             let running = self.chat_job.is_some();
+            // While another model opens, an answer would come from the one being replaced.
+            let ready = !self.prompt.trim().is_empty() && self.opening.is_none();
             if running {
                 if ui.button("Stop").clicked() {
                     if let Some(job) = &self.chat_job {
                         job.cancel();
                     }
                 }
-            } else if ui
-                .add_enabled(!self.prompt.trim().is_empty(), egui::Button::new("Send"))
-                .clicked()
+            } else if (ui.add_enabled(ready, egui::Button::new("Send")).clicked() || enter) && ready
             {
                 self.send_prompt(ctx);
             }
@@ -466,7 +519,11 @@ impl ModelPage {
             return;
         };
         let files = info.files.clone();
-        let loaded = self.loaded.clone();
+        let loaded = self
+            .loaded
+            .as_ref()
+            .filter(|(root, _)| *root == files.root)
+            .map(|(_, model)| model.clone());
         let prompt = self.prompt.trim().to_string();
         self.reply.clear();
         self.reply_stats.clear();
@@ -478,7 +535,7 @@ impl ModelPage {
                     match source::load(&files, &LoadOptions { device, dtype }) {
                         Ok(m) => {
                             let m = Arc::new(m);
-                            r.send(ChatReport::Loaded(m.clone()));
+                            r.send(ChatReport::Loaded(files.root.clone(), m.clone()));
                             m
                         }
                         Err(e) => return r.send(ChatReport::Failed(e.to_string())),

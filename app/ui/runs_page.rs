@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use egui::{RichText, Ui};
 
+use super::dialogs::{self, PathEntry, Picked};
 use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::train::runs::{list_runs, RunStatus, RunSummary};
@@ -21,6 +22,11 @@ pub struct RunsPage {
     list_job: Option<Job<Vec<RunSummary>>>,
     pub selected: Option<PathBuf>,
     save_job: Option<Job<Result<PathBuf, String>>>,
+    /// The folder dialog of "Save adapter…", and the adapter it is for.
+    save_dialog: Option<(Job<Picked>, PathBuf, String)>,
+    /// Where no dialog can open: the destination folder typed by hand, and the adapter it is for.
+    save_typed: PathEntry,
+    save_typed_for: Option<(PathBuf, String)>,
     /// File managers started by "Open folder": each is waited for, so none is left a zombie, and a
     /// failure is shown.
     opened: Vec<Job<Result<(), String>>>,
@@ -91,6 +97,7 @@ impl RunsPage {
         if let Some((ok, m)) = &self.message {
             ui.colored_label(if *ok { GOOD } else { BAD }, m);
         }
+        self.save_ui(ui, &ctx);
         let Some(runs) = &self.runs else {
             ui.spinner();
             return action;
@@ -183,27 +190,20 @@ impl RunsPage {
                 self.opened
                     .push(open_folder(&ctx, self.opener.as_deref(), &run.path));
             }
-            if run.status == RunStatus::Finished && ui.button("Save adapter…").clicked() {
-                let from = run.path.join("adapter");
-                let name = run.name();
-                self.save_job = Some(Job::spawn(&ctx, "save-adapter", move |r| {
-                    let picked = pollster::block_on(
-                        rfd::AsyncFileDialog::new()
-                            .set_title("Save the adapter into…")
-                            .pick_folder(),
-                    );
-                    if let Some(dest) = picked {
-                        r.send(save_adapter(
-                            &from,
-                            &dest.path().join(format!("{name}-adapter")),
-                        ));
-                    }
-                }));
+            let saving = self.save_dialog.is_some() || self.save_job.is_some();
+            if run.status == RunStatus::Finished
+                && ui
+                    .add_enabled(!saving, egui::Button::new("Save adapter…"))
+                    .clicked()
+            {
+                let job = dialogs::pick_folder(&ctx, "Save the adapter into…");
+                self.save_dialog = Some((job, run.path.join("adapter"), run.name()));
             }
         });
         widgets::curves(
             ui,
             "run-loss",
+            "Loss",
             200.0,
             &[
                 ("training loss", &run.curves.loss),
@@ -211,6 +211,52 @@ impl RunsPage {
             ],
         );
         action
+    }
+}
+
+impl RunsPage {
+    /// Where "Save adapter…" puts the adapter: the folder picked in the dialog, or typed where no dialog
+    /// could open.
+    fn save_ui(&mut self, ui: &mut Ui, ctx: &egui::Context) {
+        // The dialog's answer once it has come (None inside: it ended without one).
+        let answer = match &mut self.save_dialog {
+            Some((job, _, _)) => {
+                let picked = job.poll().pop();
+                (picked.is_some() || !job.is_running()).then_some(picked)
+            }
+            None => None,
+        };
+        let ended = answer.and_then(|picked| Some((picked, self.save_dialog.take()?)));
+        if let Some((picked, (_, from, name))) = ended {
+            match picked {
+                Some(Picked::Paths(paths)) => {
+                    if let Some(dest) = paths.into_iter().next() {
+                        self.save_to(ctx, from, &name, dest);
+                    }
+                }
+                Some(Picked::Nothing { unseen: true }) => {
+                    self.save_typed.offer(dialogs::NO_DIALOG);
+                    self.save_typed_for = Some((from, name));
+                }
+                Some(Picked::Nothing { unseen: false }) | None => {}
+            }
+        }
+        let typed = self
+            .save_typed
+            .ui(ui, "Save the adapter into", "Save", |p| {
+                dialogs::existing(p, true)
+            });
+        if let (Some(dest), Some((from, name))) = (typed, self.save_typed_for.take()) {
+            self.save_typed.shown = false;
+            self.save_to(ctx, from, &name, dest);
+        }
+    }
+
+    fn save_to(&mut self, ctx: &egui::Context, from: PathBuf, name: &str, folder: PathBuf) {
+        let dest = folder.join(format!("{name}-adapter"));
+        self.save_job = Some(Job::spawn(ctx, "save-adapter", move |r| {
+            r.send(save_adapter(&from, &dest));
+        }));
     }
 }
 

@@ -13,6 +13,24 @@ use crate::engine::train::runs::Curves;
 use crate::engine::train::trainer::StepMetrics;
 use crate::engine::train::{Session, SessionEvent, TrainCommand, TrainEvent};
 
+/// What a run with the current choices will do, shown before it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Examples in the training set (before those over max_seq_len are left out).
+    pub train_examples: usize,
+    /// Where evaluation examples come from, in words ("11 held out (10%)").
+    pub eval: String,
+    /// Rows over max_seq_len, and whether they are cut (else left out).
+    pub overlong: usize,
+    pub truncate: bool,
+    pub steps: usize,
+    pub examples_per_step: usize,
+    /// Some(epochs) when the length is set in epochs, None when by max_steps.
+    pub epochs: Option<f64>,
+    /// The run's folder as it will be named (its time stamp is taken at the start).
+    pub folder: PathBuf,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Phase {
     Idle,
@@ -203,12 +221,14 @@ impl TrainPage {
         }
     }
 
-    /// `draft_command`: the `loft train` line for the current choices, offered before a run exists.
+    /// `draft_command`: the `loft train` line for the current choices, offered before a run exists;
+    /// `plan`: what a run with these choices will do.
     pub fn ui(
         &mut self,
         ui: &mut Ui,
         blocker: Option<String>,
         draft_command: Option<String>,
+        plan: Option<Result<Plan, String>>,
     ) -> Action {
         let mut action = Action::None;
         widgets::heading(
@@ -250,6 +270,9 @@ impl TrainPage {
                 }
             }
         });
+        if self.phase == Phase::Idle {
+            plan_ui(ui, plan);
+        }
         self.progress_ui(ui);
         match &self.phase {
             Phase::Failed { reason, advice } => widgets::problem(ui, reason, advice),
@@ -274,6 +297,7 @@ impl TrainPage {
             widgets::curves(
                 ui,
                 "train-loss",
+                "Loss",
                 200.0,
                 &[
                     ("training loss", &self.curves.loss),
@@ -281,7 +305,13 @@ impl TrainPage {
                 ],
             );
             ui.label(RichText::new("Learning rate").strong());
-            widgets::curves(ui, "train-lr", 100.0, &[("learning rate", &self.curves.lr)]);
+            widgets::curves(
+                ui,
+                "train-lr",
+                "Learning rate",
+                100.0,
+                &[("learning rate", &self.curves.lr)],
+            );
         }
         action
     }
@@ -356,4 +386,53 @@ impl TrainPage {
             ui.colored_label(BAD, "The run stopped.");
         }
     }
+}
+
+/// The plan in a few lines: how long, on what, and where the run goes. There is no honest time
+/// estimate before the first steps on this machine, so none is made up.
+fn plan_ui(ui: &mut Ui, plan: Option<Result<Plan, String>>) {
+    let plan = match plan {
+        None => return,
+        Some(Err(e)) => {
+            ui.colored_label(BAD, format!("Plan: {e}"));
+            return;
+        }
+        Some(Ok(p)) => p,
+    };
+    ui.add_space(6.0);
+    ui.label(RichText::new("What will happen").strong());
+    let length = match plan.epochs {
+        Some(epochs) => format!("{epochs} epochs"),
+        None => "a fixed number of steps (Method step)".to_string(),
+    };
+    let about = if plan.overlong > 0 && !plan.truncate {
+        "about "
+    } else {
+        ""
+    };
+    ui.label(format!(
+        "Plan: {about}{} steps of {} examples each ({length}) over {} training examples; evaluation on {}.",
+        plan.steps, plan.examples_per_step, plan.train_examples, plan.eval
+    ));
+    if plan.overlong > 0 {
+        ui.label(format!(
+            "{} rows are longer than max_seq_len and will be {}.",
+            plan.overlong,
+            if plan.truncate {
+                "cut to fit"
+            } else {
+                "left out"
+            }
+        ));
+    }
+    ui.label(format!(
+        "The run goes to {} (its settings, metrics, checkpoints and the adapter).",
+        plan.folder.display()
+    ));
+    ui.label(
+        RichText::new(
+            "Time: no estimate yet. Loft measures the first steps on this machine; the progress bar then shows the time left.",
+        )
+        .weak(),
+    );
 }

@@ -1,4 +1,5 @@
-//! Small pieces every page uses: help marks, labelled fields, problem boxes, curve plots, number formats.
+//! Small pieces every page uses: help buttons, labelled fields, problem boxes, curve plots with their
+//! text summaries, number formats.
 
 use egui::{Color32, RichText, Ui};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
@@ -14,9 +15,22 @@ pub fn heading(ui: &mut Ui, title: &str, purpose: &str) {
     ui.add_space(6.0);
 }
 
-/// A "?" that explains a setting in plain words when hovered (and to screen readers).
-pub fn help(ui: &mut Ui, text: &str) {
-    ui.label(RichText::new("(?)").weak()).on_hover_text(text);
+/// A "?" button that shows the explanation of a setting below it, and hides it when pressed again.
+/// It takes keyboard focus (Tab, then Enter or Space) like any button; screen readers announce it as
+/// "Help: <topic>" with the explanation as its description. Hovering shows the explanation too.
+pub fn help(ui: &mut Ui, topic: &str, text: &str) {
+    let button = ui.add(egui::Button::new(RichText::new("?").weak()).small());
+    ui.ctx().accesskit_node_builder(button.id, |node| {
+        node.set_label(format!("Help: {topic}"));
+        node.set_description(text);
+    });
+    let button = button.on_hover_text(text);
+    egui::Popup::from_toggle_button_response(&button)
+        .close_behavior(egui::PopupCloseBehavior::CloseOnClickOutside)
+        .width(360.0)
+        .show(|ui| {
+            ui.label(text);
+        });
 }
 
 /// A labelled row: the label is linked to the widget for screen readers and UI tests.
@@ -29,7 +43,7 @@ pub fn field(
     ui.horizontal(|ui| {
         let name = ui.label(label);
         let response = add(ui).labelled_by(name.id);
-        help(ui, help_text);
+        help(ui, label, help_text);
         response
     })
     .inner
@@ -47,9 +61,10 @@ pub fn problem(ui: &mut Ui, what: &str, advice: &str) {
         });
 }
 
-/// One or more (step, value) series in a plot that fills the width.
-pub fn curves(ui: &mut Ui, id: &str, height: f32, series: &[(&str, &[[f64; 2]])]) {
-    Plot::new(id)
+/// One or more (step, value) series in a plot that fills the width. Screen readers read the plot as an
+/// image whose text is [`curves_summary`]: the figures a sighted user reads off the lines.
+pub fn curves(ui: &mut Ui, id: &str, title: &str, height: f32, series: &[(&str, &[[f64; 2]])]) {
+    let plot = Plot::new(id)
         .height(height)
         .legend(Legend::default())
         .x_axis_label("step")
@@ -61,6 +76,52 @@ pub fn curves(ui: &mut Ui, id: &str, height: f32, series: &[(&str, &[[f64; 2]])]
                 }
             }
         });
+    let summary = curves_summary(title, series);
+    describe_image(&plot.response, summary);
+}
+
+/// Give a drawing (a plot) the text a screen reader reads instead of it.
+pub fn describe_image(response: &egui::Response, text: String) {
+    response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, &text));
+}
+
+/// "Loss plot: training loss from 2.3100 at step 1 to 1.0500 at step 42 (lowest 0.9800 at step 37, 42
+/// points); eval loss …".
+pub fn curves_summary(title: &str, series: &[(&str, &[[f64; 2]])]) -> String {
+    let parts: Vec<String> = series
+        .iter()
+        .filter_map(|(name, points)| {
+            let (first, last) = (points.first()?, points.last()?);
+            let lowest = points
+                .iter()
+                .min_by(|a, b| a[1].total_cmp(&b[1]))
+                .unwrap_or(first);
+            Some(format!(
+                "{name} from {} at step {} to {} at step {} (lowest {} at step {}, {} points)",
+                figure(first[1]),
+                first[0],
+                figure(last[1]),
+                last[0],
+                figure(lowest[1]),
+                lowest[0],
+                points.len()
+            ))
+        })
+        .collect();
+    if parts.is_empty() {
+        format!("{title} plot: no points yet")
+    } else {
+        format!("{title} plot: {}", parts.join("; "))
+    }
+}
+
+/// A plotted value as the axis would show it: 4 decimals, or scientific notation for small rates.
+fn figure(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-3 {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.4}")
+    }
 }
 
 /// Byte counts read the same in the window as in the CLI and the engine's messages.
@@ -119,5 +180,23 @@ mod tests {
         assert_eq!(thousands(6_815_744), "6,815,744");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
+    }
+
+    #[test]
+    fn a_plot_summary_names_first_last_and_lowest_points() {
+        let loss = [[1.0, 2.5], [2.0, 0.75], [3.0, 1.25]];
+        let lr = [[1.0, 2e-4], [2.0, 1e-4]];
+        assert_eq!(
+            curves_summary("Loss", &[("training loss", &loss), ("eval loss", &[])]),
+            "Loss plot: training loss from 2.5000 at step 1 to 1.2500 at step 3 (lowest 0.7500 at step 2, 3 points)"
+        );
+        assert_eq!(
+            curves_summary("Learning rate", &[("learning rate", &lr)]),
+            "Learning rate plot: learning rate from 2.00e-4 at step 1 to 1.00e-4 at step 2 (lowest 1.00e-4 at step 2, 2 points)"
+        );
+        assert_eq!(
+            curves_summary("Loss", &[("training loss", &[])]),
+            "Loss plot: no points yet"
+        );
     }
 }
