@@ -136,6 +136,12 @@ fn the_window_opens_draws_and_trains_under_a_real_x_server() {
         );
         eprintln!("{page} {w}x{h}: {report}");
         assert_eq!(report["timed_out"], false, "{report}");
+        assert!(
+            report["page"]
+                .as_str()
+                .is_some_and(|shown| shown.eq_ignore_ascii_case(page)),
+            "the window shows the page asked for: {report}"
+        );
         assert!(report["first_frame_ms"].as_f64().is_some(), "{report}");
         check_screenshot(&shot, w, h);
     }

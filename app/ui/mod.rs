@@ -85,12 +85,16 @@ pub fn run(options: WindowOptions) -> i32 {
         "Loft",
         native,
         Box::new(move |cc| {
+            let open = options.open.clone();
             let mut window = match check {
-                None => LoftWindow::new(cc, AppOptions::default()),
-                Some(check) => LoftWindow::for_check(cc, check, report),
+                None => {
+                    let mut window = LoftWindow::new(cc, AppOptions::default());
+                    window.app.open_paths(&cc.egui_ctx, open);
+                    window
+                }
+                Some(check) => LoftWindow::for_check(cc, check, report, open),
             };
             window.app.frames.started = Some(started);
-            window.app.open_paths(&cc.egui_ctx, options.open.clone());
             Ok(Box::new(window))
         }),
     );
@@ -136,17 +140,20 @@ impl LoftWindow {
         LoftWindow { app, check: None }
     }
 
-    /// The smoke check's window: it neither reads nor changes the user's remembered state.
+    /// The smoke check's window, with `open` opened and then the check's page shown: it neither reads
+    /// nor changes the user's remembered state.
     fn for_check(
         cc: &eframe::CreationContext<'_>,
         check: Check,
         report: Arc<Mutex<Option<String>>>,
+        open: Vec<PathBuf>,
     ) -> LoftWindow {
         let options = AppOptions {
             runs_dir: check.runs_dir.clone(),
             ..AppOptions::default()
         };
         let mut app = LoftApp::new(&cc.egui_ctx, options, None);
+        app.open_paths(&cc.egui_ctx, open);
         app.page = check.page;
         if let Some(steps) = check.train_steps {
             app.method.config.max_steps = Some(steps);
@@ -262,6 +269,7 @@ impl CheckState {
                 "training_frames": during.len(),
                 "training_frame_ms_p50": percentile(during, 50.0),
                 "training_frame_ms_p99": percentile(during, 99.0),
+                "page": app.page.title(),
                 "training_phase": format!("{:?}", app.train.phase),
                 "steps_seen": app.train.curves.loss.len(),
                 "timed_out": timed_out,
