@@ -586,7 +586,7 @@ fn fit_hint(parameters: u64, memory: Option<u64>) -> (String, egui::Color32) {
             WARN,
         ),
         Fit::TooBig => (
-            format!("{about}: too big. Choose a smaller model (or QLoRA, coming to Loft)."),
+            format!("{about}: too big. Choose a smaller model."),
             BAD,
         ),
     }
