@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""The reference side of scripts/bench_train.sh: PyTorch + PEFT training steps on the same model, batch and
-LoRA settings as Loft's `loft bench-train`. Prints tokens/s and peak RSS.
+"""The reference side of scripts/bench_train.sh: PyTorch + PEFT optimizer steps with the settings Loft's
+trainer uses by default, as `loft bench-train` times them: micro-batches of BATCH x SEQ tokens, GRAD_ACCUM of
+them per step (loss averaged over the step's tokens), LoRA r on all linear layers with alpha 2r and dropout
+0.05, gradients clipped to norm 1.0, AdamW (no weight decay). Prints seconds per step (wall clock and CPU),
+tokens/s and peak RSS.
 
-Usage: bench_train_reference.py MODEL (HF folder, or a .gguf file) [--batch 4] [--seq 256] [--rank 16] [--steps 5]
+Usage: bench_train_reference.py MODEL (HF folder, or a .gguf file) [--batch 4] [--seq 256] [--grad-accum 4]
+       [--rank 16] [--dropout 0.05] [--max-grad-norm 1.0] [--steps 3]
 """
 import argparse
 import os
@@ -17,32 +21,47 @@ p = argparse.ArgumentParser()
 p.add_argument("model")
 p.add_argument("--batch", type=int, default=4)
 p.add_argument("--seq", type=int, default=256)
+p.add_argument("--grad-accum", type=int, default=4)
 p.add_argument("--rank", type=int, default=16)
-p.add_argument("--steps", type=int, default=5)
+p.add_argument("--dropout", type=float, default=0.05)
+p.add_argument("--max-grad-norm", type=float, default=1.0)
+p.add_argument("--steps", type=int, default=3)
 a = p.parse_args()
 torch.set_num_threads(os.cpu_count() or 1)
+torch.manual_seed(42)
 if a.model.endswith(".gguf"):
     folder, name = os.path.split(os.path.abspath(a.model))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
 else:
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
-config = LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0, task_type="CAUSAL_LM",
+config = LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=a.dropout, task_type="CAUSAL_LM",
                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 model = get_peft_model(model, config)
 model.train()
-opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+params = [p for p in model.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 vocab = model.config.vocab_size
-ids = (torch.arange(a.batch * a.seq) * 7919 % (vocab - 152)).reshape(a.batch, a.seq)
-times = []
+# The same token ids as `loft bench-train`: position i of the whole step is (i * 7919) mod (vocab - 152).
+step_ids = (torch.arange(a.batch * a.grad_accum * a.seq) * 7919 % (vocab - 152)).reshape(
+    a.grad_accum, a.batch, a.seq)
+times, cpu_times = [], []
 for step in range(a.steps):
-    t0 = time.perf_counter()
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for ids in step_ids:
+        # Every micro-batch has the same number of trained tokens, so the mean over the step's tokens is
+        # the mean of the micro-batches' means.
+        loss = model(input_ids=ids, labels=ids).loss / a.grad_accum
+        loss.backward()
+    if a.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
     times.append(time.perf_counter() - t0)
-steady = times[1:] or times
-per_step = sum(steady) / len(steady)
+    cpu_times.append(time.process_time() - c0)
+steady = lambda v: sum(v[1:] or v) / len(v[1:] or v)
+per_step, cpu_per_step = steady(times), steady(cpu_times)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(f"pytorch+peft  {a.batch}x{a.seq} tokens, r={a.rank}: {per_step:.2f} s/step, "
-      f"{a.batch * a.seq / per_step:.0f} tokens/s, peak RSS {peak / 1e9:.2f} GB (torch {torch.__version__})")
+tokens = a.batch * a.grad_accum * a.seq
+print(f"pytorch+peft  {a.batch}x{a.seq} tokens x {a.grad_accum} micro-batches, r={a.rank}, dropout {a.dropout}, "
+      f"clip {a.max_grad_norm}: {per_step:.2f} s/step, {tokens / per_step:.0f} tokens/s, {cpu_per_step:.2f} CPU s/step, "
+      f"peak RSS {peak / 1e9:.2f} GB (torch {torch.__version__})")

@@ -1,37 +1,85 @@
-//! `loft bench-train`: training-step speed and peak memory on synthetic tokens, the Loft side of
-//! scripts/bench_train.sh (whose other side is PyTorch + PEFT on the same model, batch and settings).
+//! `loft bench-train`: the speed and peak memory of the trainer's own optimizer step ([`train_step`],
+//! the one `loft train` runs) with the trainer's defaults — dropout, gradient clipping, accumulation —
+//! on synthetic tokens. The Loft side of scripts/bench_train.sh, whose other side is PyTorch + PEFT on
+//! the same model, batch and settings.
 
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
 use clap::Args;
 
 use super::models::ModelArg;
+use crate::engine::data::Example;
 use crate::engine::device;
-use crate::engine::model::{LoadOptions, LoraConfig, Model};
+use crate::engine::model::{LoadOptions, Model};
 use crate::engine::source;
-use crate::engine::train::loss::masked_lm_loss;
-use crate::engine::train::optim::AdamW;
+use crate::engine::train::checkpoint::optimizer_for;
+use crate::engine::train::step::{pack, train_step, Batch};
+use crate::engine::train::TrainConfig;
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
     #[command(flatten)]
     model: ModelArg,
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
+    /// Examples per micro-batch (default: the trainer's, 4).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Tokens per example.
     #[arg(long, default_value_t = 256)]
     seq: usize,
-    #[arg(long, default_value_t = 16)]
-    rank: usize,
-    #[arg(long, default_value_t = 5)]
+    /// Micro-batches per optimizer step (default: the trainer's, 4).
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// LoRA rank (default: the trainer's, 16; alpha stays twice the rank).
+    #[arg(long)]
+    rank: Option<usize>,
+    /// LoRA dropout (default: the trainer's, 0.05).
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Gradient clipping norm (default: the trainer's, 1.0; 0: off).
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// Optimizer steps to time; the first is a warm-up and is not counted.
+    #[arg(long, default_value_t = 3)]
     steps: usize,
     /// Recompute each layer in the backward pass instead of keeping its activations.
     #[arg(long)]
     gradient_checkpointing: bool,
 }
 
+impl BenchTrainArgs {
+    /// The trainer's defaults, with what was asked for instead.
+    fn config(&self) -> Result<TrainConfig> {
+        let mut c = TrainConfig {
+            max_steps: Some(self.steps.max(1)),
+            max_seq_len: self.seq.max(8),
+            gradient_checkpointing: self.gradient_checkpointing,
+            ..TrainConfig::default()
+        };
+        if let Some(b) = self.batch {
+            c.micro_batch_size = b;
+        }
+        if let Some(g) = self.grad_accum {
+            c.grad_accum = g;
+        }
+        if let Some(r) = self.rank {
+            c.lora.r = r;
+            c.lora.alpha = 2.0 * r as f64;
+        }
+        if let Some(p) = self.dropout {
+            c.lora.dropout = p;
+        }
+        if let Some(n) = self.max_grad_norm {
+            c.max_grad_norm = n;
+        }
+        c.validate()
+            .map_err(|m| anyhow::anyhow!("invalid setting: {m}"))?;
+        Ok(c)
+    }
+}
+
 pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
+    let config = args.config()?;
     let files = args.model.resolve()?;
     let (device, dtype) = device::best_device();
     let mut model: Model = source::load(
@@ -42,80 +90,87 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         },
     )?
     .model;
-    let lora = LoraConfig {
-        r: args.rank,
-        alpha: 2.0 * args.rank as f64,
-        dropout: 0.0,
-        ..LoraConfig::default()
-    };
-    model.attach_lora(&lora, 0)?;
-    model.set_gradient_checkpointing(args.gradient_checkpointing)?;
-    let params = model
-        .adapters()
-        .flat_map(|(p, a)| {
-            [
-                (format!("{p}.A"), a.a.clone()),
-                (format!("{p}.B"), a.b.clone()),
-            ]
+    model.attach_lora(&config.lora, config.seed)?;
+    model.set_gradient_checkpointing(config.gradient_checkpointing)?;
+    let mut optimizer = optimizer_for(&model, &config)?;
+    let (size, accum, seq) = (
+        config.micro_batch_size,
+        config.grad_accum,
+        config.max_seq_len,
+    );
+    // The same token ids as the reference script: position i of the whole step is (i · 7919) mod
+    // (vocab − 152), every token trained on.
+    let vocab = model.arch.vocab_size as u64 - 152;
+    let examples: Vec<Example> = (0..size * accum)
+        .map(|row| Example {
+            row,
+            ids: (0..seq as u64)
+                .map(|t| ((row as u64 * seq as u64 + t) * 7919 % vocab) as u32)
+                .collect(),
+            mask: vec![true; seq],
+            truncated: false,
         })
         .collect();
-    let mut opt = AdamW::new(params, (0.9, 0.999), 1e-8, 0.0)?;
-    // The same token ids as the reference script: (i · 7919) mod (vocab − 152).
-    let vocab = model.arch.vocab_size as u64 - 152;
-    let n = args.batch * args.seq;
-    let ids: Vec<u32> = (0..n as u64).map(|i| (i * 7919 % vocab) as u32).collect();
-    let ids = Tensor::from_vec(ids, (args.batch, args.seq), &device)?;
-    let mask = Tensor::ones((args.batch, args.seq), DType::F32, &device)?;
+    let batches: Vec<Batch> = examples
+        .chunks(size)
+        .map(|rows| pack(&rows.iter().collect::<Vec<_>>(), seq, 0, &device))
+        .collect::<crate::engine::error::Result<_>>()?;
+    let total_steps = args.steps.max(1);
+    // Wall-clock and CPU seconds of each step: on a shared machine the CPU time says what a step costs
+    // when the wall clock says mostly how busy the neighbours were.
     let mut times = Vec::new();
-    // Forward and backward seconds of each step, to show where a step's time goes.
-    let mut phases = Vec::new();
-    for _ in 0..args.steps {
-        let start = Instant::now();
-        let (loss, _) = masked_lm_loss(&model, &ids, &mask)?;
-        let forward = start.elapsed().as_secs_f64();
-        let grads = loss.backward()?;
-        drop(loss);
-        phases.push((forward, start.elapsed().as_secs_f64() - forward));
-        let grads: Vec<Tensor> = opt
-            .params()
-            .iter()
-            .map(|(_, v)| {
-                grads
-                    .get(v.as_tensor())
-                    .cloned()
-                    .map_or_else(|| v.as_tensor().zeros_like(), Ok)
-            })
-            .collect::<candle_core::Result<_>>()?;
-        opt.apply(&grads, 2e-4)?;
+    let mut cpu_times = Vec::new();
+    for step in 0..total_steps {
+        let (start, cpu_start) = (Instant::now(), cpu_seconds());
+        train_step(
+            &model,
+            &mut optimizer,
+            &batches,
+            config.lr_at(step, total_steps),
+            config.max_grad_norm,
+            config.seed,
+            step * accum,
+            &mut || false,
+        )?;
         times.push(start.elapsed().as_secs_f64());
+        cpu_times.push(cpu_seconds() - cpu_start);
     }
-    let steady = if times.len() > 1 {
-        &times[1..]
-    } else {
-        &times[..]
+    // The first step warms caches and allocators up: leave it out when there are others.
+    let steady = |v: &[f64]| {
+        let v = if v.len() > 1 { &v[1..] } else { v };
+        v.iter().sum::<f64>() / v.len() as f64
     };
-    let per_step = steady.iter().sum::<f64>() / steady.len() as f64;
-    let skip = usize::from(phases.len() > 1);
-    let mean = |f: fn(&(f64, f64)) -> f64| {
-        phases[skip..].iter().map(f).sum::<f64>() / (phases.len() - skip) as f64
-    };
+    let (per_step, cpu_per_step) = (steady(&times), steady(&cpu_times));
+    let tokens = size * accum * seq;
     println!(
-        "loft{}  {}x{} tokens, r={}: {per_step:.2} s/step (forward {:.2}, backward {:.2}), {:.0} tokens/s, peak RSS {:.2} GB ({})",
-        if args.gradient_checkpointing {
+        "loft{}  {size}x{seq} tokens x {accum} micro-batches, r={}, dropout {}, clip {}: {per_step:.2} s/step, {:.0} tokens/s, {cpu_per_step:.2} CPU s/step, peak RSS {:.2} GB ({})",
+        if config.gradient_checkpointing {
             " (ckpt)"
         } else {
             "       "
         },
-        args.batch,
-        args.seq,
-        args.rank,
-        mean(|p| p.0),
-        mean(|p| p.1),
-        n as f64 / per_step,
+        config.lora.r,
+        config.lora.dropout,
+        config.max_grad_norm,
+        tokens as f64 / per_step,
         peak_rss() as f64 / 1e9,
         device::describe(&device)
     );
     Ok(())
+}
+
+/// User and system CPU seconds this process has used (all threads); 0 where getrusage is missing.
+fn cpu_seconds() -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage writes into the zeroed struct we own.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+            let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+        }
+    }
+    0.0
 }
 
 /// Peak resident memory of this process, in bytes; 0 where the system does not say.
