@@ -74,10 +74,13 @@ pub fn generate(
     }
     let context = model.arch.max_position_embeddings;
     if prompt.len() >= context {
-        return Err(ModelError::invalid_input("prompt", format!(
-            "the prompt has {} tokens but the model's context holds {context}: shorten it",
-            prompt.len()
-        )));
+        return Err(ModelError::invalid_input(
+            "prompt",
+            format!(
+                "the prompt has {} tokens but the model's context holds {context}: shorten it",
+                prompt.len()
+            ),
+        ));
     }
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut cache = KvCache::new(model);

@@ -585,10 +585,7 @@ fn fit_hint(parameters: u64, memory: Option<u64>) -> (String, egui::Color32) {
             format!("{about}: tight. Use a small batch and gradient checkpointing."),
             WARN,
         ),
-        Fit::TooBig => (
-            format!("{about}: too big. Choose a smaller model."),
-            BAD,
-        ),
+        Fit::TooBig => (format!("{about}: too big. Choose a smaller model."), BAD),
     }
 }
 

@@ -120,7 +120,7 @@ pub fn load_newest(
 ) -> Result<(usize, PathBuf, AdamW)> {
     let candidates = run.checkpoints();
     if candidates.is_empty() {
-        return Err(ModelError::NotFound(format!(
+        return Err(ModelError::run_state(format!(
             "{} has no checkpoint to resume from; start the run again",
             run.path.display()
         )));
@@ -141,7 +141,7 @@ pub fn load_newest(
             }
         }
     }
-    Err(ModelError::NotFound(format!(
+    Err(ModelError::run_state(format!(
         "no checkpoint of {} can be read ({}); start the run again",
         run.path.display(),
         reasons.join("; ")

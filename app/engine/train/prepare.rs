@@ -197,16 +197,19 @@ fn datasets(
         let validated = validate_file(path, &ValidateOptions::default(), &mut progress, cancel)
             .map_err(ModelError::from)?;
         if let Err(e) = validated.report.check_trainable(spec.skip_error_rows) {
-            return Err(ModelError::invalid_input("data", format!(
-                "{}: {e}; run `loft validate {}` to see the rows{}",
-                path.display(),
-                path.display(),
-                if spec.skip_error_rows {
-                    ""
-                } else {
-                    " (or pass --skip-error-rows to train without them)"
-                }
-            )));
+            return Err(ModelError::invalid_input(
+                "data",
+                format!(
+                    "{}: {e}; run `loft validate {}` to see the rows{}",
+                    path.display(),
+                    path.display(),
+                    if spec.skip_error_rows {
+                        ""
+                    } else {
+                        " (or pass --skip-error-rows to train without them)"
+                    }
+                ),
+            ));
         }
         Ok(validated.dataset)
     };

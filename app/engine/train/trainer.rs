@@ -235,9 +235,9 @@ impl Trainer {
             .validate()
             .map_err(|m| ModelError::field(job.run.spec_path(), "train", m))?;
         if job.train.is_empty() {
-            return Err(ModelError::NotFound(
-                "the training split is empty: add rows to the dataset or lower the eval split"
-                    .into(),
+            return Err(ModelError::invalid_input(
+                "dataset",
+                "the training split is empty: add rows to the dataset or lower the eval split",
             ));
         }
         let mut job = job;
