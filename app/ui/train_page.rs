@@ -246,7 +246,7 @@ impl TrainPage {
                 } else if ui.button("Pause").clicked() {
                     self.command(TrainCommand::Pause);
                 }
-                if ui.button("Cancel").on_hover_text("Stops after the current step and saves a checkpoint you can resume from the Runs view.").clicked() {
+                if ui.button("Cancel").on_hover_text("Stops before the next micro-batch and saves a checkpoint of the last finished step, which you can resume from the Runs view.").clicked() {
                     self.command(TrainCommand::Cancel);
                 }
             } else {
