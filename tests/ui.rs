@@ -101,6 +101,16 @@ fn click_first<S>(h: &mut Harness<'static, S>, label: &str) {
     h.step();
 }
 
+/// Open the tiny model and type `prompt` into Try it, without sending it.
+fn open_tiny_model_and_type_prompt(h: &mut Harness<'static, LoftApp>, prompt: &str) {
+    drop_files(h, &[tiny_chat_model()]);
+    wait_for(h, "the model", |h| has(h, "Opened:"));
+    h.get_by_label("Prompt").click();
+    h.step();
+    h.get_by_label("Prompt").type_text(prompt);
+    h.step();
+}
+
 #[test]
 fn a_dropped_dataset_is_validated_with_a_histogram_and_a_preview() {
     let runs = tempfile::tempdir().unwrap();
@@ -327,13 +337,7 @@ fn training_runs_live_pauses_resumes_cancels_and_resumes_from_the_runs_view() {
 fn try_it_streams_an_answer_from_the_base_model() {
     let runs = tempfile::tempdir().unwrap();
     let mut h = app(runs.path());
-    drop_files(&mut h, &[tiny_chat_model()]);
-    wait_for(&mut h, "the model", |h| has(h, "Opened:"));
-    h.get_by_label("Prompt").click();
-    h.step();
-    h.get_by_label("Prompt")
-        .type_text("How long does shipping take?");
-    h.step();
+    open_tiny_model_and_type_prompt(&mut h, "How long does shipping take?");
     click(&mut h, "Send");
     wait_for(&mut h, "the answer", |h| has(h, "tokens/s (greedy)"));
     let stats = text(&h, "tokens/s (greedy)");
@@ -510,13 +514,7 @@ fn try_it_never_answers_with_the_model_it_replaced() {
     // A second model: the same files in another folder, so opening it replaces the first.
     let second = support::copy_to_temp(&tiny_chat_model());
     let mut h = app(runs.path());
-    drop_files(&mut h, &[tiny_chat_model()]);
-    wait_for(&mut h, "the model", |h| has(h, "Opened:"));
-    h.get_by_label("Prompt").click();
-    h.step();
-    h.get_by_label("Prompt")
-        .type_text("How long does shipping take?");
-    h.step();
+    open_tiny_model_and_type_prompt(&mut h, "How long does shipping take?");
     // "Send" to the first model in the frame that starts opening the second.
     h.get_by_label("Send").click_accesskit();
     h.input_mut()
@@ -547,12 +545,7 @@ fn try_it_never_answers_with_the_model_it_replaced() {
 fn enter_in_try_it_sends_the_prompt() {
     let runs = tempfile::tempdir().unwrap();
     let mut h = app(runs.path());
-    drop_files(&mut h, &[tiny_chat_model()]);
-    wait_for(&mut h, "the model", |h| has(h, "Opened:"));
-    h.get_by_label("Prompt").click();
-    h.step();
-    h.get_by_label("Prompt").type_text("Where is my order?");
-    h.step();
+    open_tiny_model_and_type_prompt(&mut h, "Where is my order?");
     h.key_press(egui::Key::Enter);
     h.step();
     wait_for(&mut h, "the answer", |h| has(h, "tokens/s (greedy)"));
