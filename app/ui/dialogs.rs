@@ -145,18 +145,14 @@ impl PathEntry {
         }
         let mut confirmed = None;
         ui.horizontal(|ui| {
-            let name = ui.label(label);
-            let edit = ui
-                .add(
-                    egui::TextEdit::singleline(&mut self.text)
-                        .hint_text("/home/you/…")
-                        .desired_width(420.0),
-                )
-                .labelled_by(name.id);
-            if std::mem::take(&mut self.focus) {
-                edit.request_focus();
-            }
-            let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            let enter = super::widgets::entry_field(
+                ui,
+                label,
+                &mut self.text,
+                "/home/you/…",
+                420.0,
+                &mut self.focus,
+            );
             if ui.button(button).clicked() || enter {
                 match typed_path(&self.text).and_then(|p| check(&p).map(|()| p)) {
                     Ok(path) => {

@@ -290,18 +290,14 @@ impl ModelPage {
             );
         }
         ui.horizontal(|ui| {
-            let label = ui.label("Folder, .gguf or repo id");
-            let edit = ui
-                .add(
-                    egui::TextEdit::singleline(&mut self.source)
-                        .hint_text("HuggingFaceTB/SmolLM2-135M-Instruct")
-                        .desired_width(360.0),
-                )
-                .labelled_by(label.id);
-            if std::mem::take(&mut self.focus_source) {
-                edit.request_focus();
-            }
-            let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            let enter = widgets::entry_field(
+                ui,
+                "Folder, .gguf or repo id",
+                &mut self.source,
+                "HuggingFaceTB/SmolLM2-135M-Instruct",
+                360.0,
+                &mut self.focus_source,
+            );
             let busy = self.open_job.is_some();
             if (ui
                 .add_enabled(

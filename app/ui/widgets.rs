@@ -50,6 +50,30 @@ pub fn field(
 }
 
 /// A problem the user must act on: what happened, and what to do.
+/// A one-line text field named by `label` (screen readers announce the field by it) that takes the
+/// keyboard focus once when `focus` is set. Returns whether Enter was pressed in it.
+pub fn entry_field(
+    ui: &mut Ui,
+    label: &str,
+    text: &mut String,
+    hint: &str,
+    width: f32,
+    focus: &mut bool,
+) -> bool {
+    let name = ui.label(label);
+    let edit = ui
+        .add(
+            egui::TextEdit::singleline(text)
+                .hint_text(hint)
+                .desired_width(width),
+        )
+        .labelled_by(name.id);
+    if std::mem::take(focus) {
+        edit.request_focus();
+    }
+    edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter))
+}
+
 pub fn problem(ui: &mut Ui, what: &str, advice: &str) {
     egui::Frame::group(ui.style())
         .stroke(egui::Stroke::new(1.0, BAD))
