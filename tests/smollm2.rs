@@ -166,13 +166,7 @@ fn assert_weights_match_transformers(label: &str, get: impl Fn(&str) -> Option<T
             (sum - sums["sum"].as_f64().unwrap()).abs() <= 1e-6 * want_sumsq.max(1.0),
             "{label}: {name}: sum {sum}"
         );
-        let head = flat
-            .narrow(0, 0, 4)
-            .unwrap()
-            .to_dtype(candle_core::DType::F32)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let head = first_values(&flat, 4);
         assert_eq!(
             head,
             to_f32s(&sums["head"]),
@@ -182,15 +176,7 @@ fn assert_weights_match_transformers(label: &str, get: impl Fn(&str) -> Option<T
             continue;
         };
         for (row, want) in rows {
-            let got = t
-                .get(row.parse::<usize>().unwrap())
-                .unwrap()
-                .narrow(0, 0, 8)
-                .unwrap()
-                .to_dtype(candle_core::DType::F32)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let got = first_values(&t.get(row.parse::<usize>().unwrap()).unwrap(), 8);
             assert_eq!(
                 got,
                 to_f32s(want),
@@ -215,4 +201,14 @@ fn offline_resolve() -> source::Resolve<'static> {
         on_download: Box::leak(Box::new(|_| {})),
         cancel: &CANCEL,
     }
+}
+
+/// The first `n` values of a 1-d tensor, as f32.
+fn first_values(t: &candle_core::Tensor, n: usize) -> Vec<f32> {
+    t.narrow(0, 0, n)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
