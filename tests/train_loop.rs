@@ -365,30 +365,23 @@ fn an_abandoned_step_leaves_no_trace() {
         "the weights are the last completed step's"
     );
 
-    let redone = train_step(
-        &model,
-        &mut optimizer,
-        &batches,
-        1e-2,
-        1.0,
-        cfg.seed,
-        4,
-        &mut || false,
-    )
-    .unwrap()
-    .unwrap();
-    let straight = train_step(
-        &fresh,
-        &mut fresh_optimizer,
-        &batches,
-        1e-2,
-        1.0,
-        cfg.seed,
-        4,
-        &mut || false,
-    )
-    .unwrap()
-    .unwrap();
+    // The same completed step, taken by the interrupted model and by a fresh one.
+    let full_step = |model, optimizer| {
+        train_step(
+            model,
+            optimizer,
+            &batches,
+            1e-2,
+            1.0,
+            cfg.seed,
+            4,
+            &mut || false,
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let redone = full_step(&model, &mut optimizer);
+    let straight = full_step(&fresh, &mut fresh_optimizer);
     assert_eq!(redone, straight);
     assert_eq!(adapter_bits(&model), adapter_bits(&fresh));
 }
