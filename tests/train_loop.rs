@@ -97,6 +97,7 @@ fn job(run: RunDir, config: &TrainConfig, resume: bool) -> TrainJob {
         base_model: "tests/fixtures/tiny/llama".into(),
         resume,
         pad_id: 0,
+        quantization: Default::default(),
     }
 }
 

@@ -87,6 +87,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         &LoadOptions {
             device: device.clone(),
             dtype,
+            base: config.base_format(),
         },
     )?
     .model;

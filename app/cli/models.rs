@@ -176,7 +176,14 @@ pub struct GenerateArgs {
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let files = args.model.resolve()?;
     let (device, dtype) = device::best_device();
-    let mut loaded = source::load(&files, &LoadOptions { device, dtype })?;
+    let mut loaded = source::load(
+        &files,
+        &LoadOptions {
+            device,
+            dtype,
+            ..Default::default()
+        },
+    )?;
     if let Some(path) = &args.adapter {
         crate::engine::adapter::load_peft(
             &mut loaded.model,

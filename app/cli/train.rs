@@ -14,7 +14,7 @@ use crate::engine::model::lora::{ALL_LINEAR_TARGETS, ATTENTION_TARGETS};
 use crate::engine::train::prepare::PrepareEvent;
 use crate::engine::train::run::{default_runs_dir, sha256_file, RunDir, RunSpec};
 use crate::engine::train::{
-    Schedule, Session, SessionEvent, TrainCommand, TrainConfig, TrainEvent,
+    Method, QuantSource, Schedule, Session, SessionEvent, TrainCommand, TrainConfig, TrainEvent,
 };
 
 #[derive(Args)]
@@ -37,13 +37,23 @@ pub struct TrainArgs {
     /// Where run folders go (default: the platform's data folder, e.g. ~/.local/share/loft/runs).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// A name for the run folder.
-    #[arg(long, default_value = "lora")]
-    name: String,
+    /// A name for the run folder (default: the method, lora or qlora).
+    #[arg(long)]
+    name: Option<String>,
     /// Continue an interrupted run from its newest readable checkpoint, with the run's own settings
     /// (only --lr may change: e.g. lower it after a divergence; the change is recorded in run.toml).
     #[arg(long, conflicts_with_all = ["model", "data", "config"])]
     resume: Option<PathBuf>,
+    /// lora (a full-precision base) or qlora (a 4-bit base: much less memory for the weights).
+    #[arg(long, value_parser = ["lora", "qlora"])]
+    method: Option<String>,
+    /// With qlora: nf4 (bitsandbytes' NF4 with double quantization) or source (a GGUF model's own
+    /// quantized blocks, the weights llama.cpp and Ollama will run).
+    #[arg(long, value_parser = ["nf4", "source"])]
+    quant: Option<String>,
+    /// Keep AdamW's state in host memory instead of the GPU's (for when GPU memory is short).
+    #[arg(long)]
+    optimizer_offload: bool,
     #[arg(long)]
     max_steps: Option<usize>,
     #[arg(long)]
@@ -172,6 +182,19 @@ impl TrainArgs {
         if self.gradient_checkpointing {
             c.gradient_checkpointing = true;
         }
+        match self.method.as_deref() {
+            Some("qlora") => c.method = Method::Qlora,
+            Some(_) => c.method = Method::Lora,
+            None => {}
+        }
+        match self.quant.as_deref() {
+            Some("source") => c.quant = QuantSource::Source,
+            Some(_) => c.quant = QuantSource::Nf4,
+            None => {}
+        }
+        if self.optimizer_offload {
+            c.optimizer_offload = true;
+        }
         if self.group_by_length {
             c.group_by_length = true;
         }
@@ -285,8 +308,12 @@ pub fn train(args: TrainArgs) -> Result<i32> {
             let (Some(model), Some(data)) = (&args.model, &args.data) else {
                 bail!("--model and --data are required (or --resume RUN_DIR)");
             };
+            let train = args.config()?;
             let spec = RunSpec {
-                name: args.name.clone(),
+                name: args
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| train.method.name().to_string()),
                 model: model.clone(),
                 data: data.clone(),
                 data_sha256: sha256_file(data)?,
@@ -302,7 +329,7 @@ pub fn train(args: TrainArgs) -> Result<i32> {
                 skip_error_rows: args.skip_error_rows,
                 created: crate::engine::train::run::timestamp(),
                 loft_version: env!("CARGO_PKG_VERSION").to_string(),
-                train: args.config()?,
+                train,
             };
             let runs_dir = args.out.clone().unwrap_or_else(default_runs_dir);
             let run = RunDir::create(&runs_dir, &spec)?;
@@ -418,6 +445,13 @@ pub fn train(args: TrainArgs) -> Result<i32> {
                     "eval  {step:>5}  loss {loss:.4}  perplexity {perplexity:.2}"
                 ));
             }
+            TrainEvent::QuantizationCost {
+                dense_loss,
+                quantized_loss,
+            } => say(format!(
+                "quantization: eval loss {dense_loss:.4} with the full-precision base, {quantized_loss:.4} with the 4-bit base ({:+.4})",
+                quantized_loss - dense_loss
+            )),
             TrainEvent::CheckpointSaved { step, path } => {
                 say(format!("checkpoint {step}: {}", path.display()));
             }
@@ -519,6 +553,9 @@ mod tests {
             save_every: 5,
             save_every_minutes: 2.5,
             keep_checkpoints: 0,
+            method: Method::Qlora,
+            quant: QuantSource::Source,
+            optimizer_offload: true,
             ..TrainConfig::default()
         };
         let spec = RunSpec {
@@ -543,7 +580,7 @@ mod tests {
         let args = parsed.train;
         assert_eq!(args.config().unwrap(), train, "{line}");
         assert_eq!(args.data.as_deref(), Some(Path::new("/data/my data.jsonl")));
-        assert_eq!(args.name, "it's mine");
+        assert_eq!(args.name.as_deref(), Some("it's mine"));
         assert_eq!(args.eval_split, 0.2);
         assert!(args.truncate && args.skip_error_rows && !args.train_on_all_tokens);
         assert_eq!(args.out.as_deref(), Some(Path::new("/runs")));

@@ -156,6 +156,43 @@ pub struct Arch {
     pub layer_is_sliding: Vec<bool>,
     /// The dtype the weights were saved in (`torch_dtype`/`dtype` in config.json, or the GGUF's quantisation).
     pub stored_dtype: Option<String>,
+    /// How the checkpoint's weights were published quantized (config.json's `quantization_config`).
+    pub quantization: Option<Quantization>,
+}
+
+/// A checkpoint published quantized, as config.json's `quantization_config` describes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Quantization {
+    /// `quant_method`, e.g. "bitsandbytes".
+    pub method: String,
+    /// 4 or 8 (bitsandbytes' `load_in_4bit` / `load_in_8bit`); 0 when the config does not say.
+    pub bits: u8,
+    /// bitsandbytes 4-bit: "nf4" or "fp4".
+    pub quant_type: Option<String>,
+    /// bitsandbytes 4-bit: `bnb_4bit_use_double_quant`.
+    pub double_quant: bool,
+}
+
+impl Quantization {
+    fn from_config(value: &Value) -> Option<Quantization> {
+        let q = value.get("quantization_config")?;
+        let flag = |k: &str| q.get(k).and_then(Value::as_bool).unwrap_or(false);
+        let text = |k: &str| q.get(k).and_then(Value::as_str).map(str::to_string);
+        let bits = match (
+            flag("load_in_4bit") || flag("_load_in_4bit"),
+            flag("load_in_8bit") || flag("_load_in_8bit"),
+        ) {
+            (true, _) => 4,
+            (_, true) => 8,
+            _ => q.get("bits").and_then(Value::as_u64).unwrap_or(0).min(255) as u8,
+        };
+        Some(Quantization {
+            method: text("quant_method").unwrap_or_else(|| "unknown".into()),
+            bits,
+            quant_type: text("bnb_4bit_quant_type"),
+            double_quant: flag("bnb_4bit_use_double_quant"),
+        })
+    }
 }
 
 impl Arch {
@@ -328,6 +365,7 @@ impl Arch {
             sliding_window,
             layer_is_sliding,
             stored_dtype,
+            quantization: Quantization::from_config(value),
         })
     }
 }

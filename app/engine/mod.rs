@@ -15,6 +15,7 @@ pub mod gguf;
 pub mod hub;
 pub mod jinja;
 pub mod model;
+pub mod quant;
 pub mod rng;
 pub mod source;
 pub mod sysmem;

@@ -128,6 +128,24 @@ impl Weights {
         Ok(tensor.to_dtype(dtype)?.to_device(device)?)
     }
 
+    /// The torch name of the dtype `name` is stored in ("bfloat16", "float16", "float32"): what a
+    /// bitsandbytes quantizer records as the dtype it quantized from. A GGUF tensor is dequantized to
+    /// f32, so it reports "float32".
+    pub fn source_dtype(&self, name: &str) -> &'static str {
+        let dtype = match &self.store {
+            Store::Safetensors { files, routing } => routing
+                .get(name)
+                .and_then(|&i| files[i].1.get(name).ok())
+                .map(|view| view.dtype()),
+            Store::Gguf(_) => None,
+        };
+        match dtype {
+            Some(safetensors::Dtype::BF16) => "bfloat16",
+            Some(safetensors::Dtype::F16) => "float16",
+            _ => "float32",
+        }
+    }
+
     fn missing(&self, name: &str) -> ModelError {
         let where_ = match &self.store {
             Store::Safetensors { files, .. } => files

@@ -528,7 +528,14 @@ impl ModelPage {
                 Some(m) => m,
                 None => {
                     let (device, dtype) = device::best_device();
-                    match source::load(&files, &LoadOptions { device, dtype }) {
+                    match source::load(
+                        &files,
+                        &LoadOptions {
+                            device,
+                            dtype,
+                            ..Default::default()
+                        },
+                    ) {
                         Ok(m) => {
                             let m = Arc::new(m);
                             r.send(ChatReport::Loaded(files.root.clone(), m.clone()));

@@ -55,6 +55,8 @@ pub struct TrainPage {
     last_checkpoint: Option<PathBuf>,
     /// What the engine said along the way (a skipped checkpoint, a learning-rate change).
     notices: Vec<String>,
+    /// QLoRA: the eval loss of the full-precision base and of the 4-bit one, before training.
+    pub quantization_cost: Option<(f64, f64)>,
     /// The `loft train …` line that does the same run.
     pub command_line: String,
 }
@@ -73,6 +75,7 @@ impl Default for TrainPage {
             last_eval: None,
             last_checkpoint: None,
             notices: Vec::new(),
+            quantization_cost: None,
             command_line: String::new(),
         }
     }
@@ -211,6 +214,10 @@ impl TrainPage {
                     self.phase = Phase::Failed { reason, advice }
                 }
                 TrainEvent::Notice { message } => self.notices.push(message),
+                TrainEvent::QuantizationCost {
+                    dense_loss,
+                    quantized_loss,
+                } => self.quantization_cost = Some((dense_loss, quantized_loss)),
             },
         }
     }
@@ -319,6 +326,12 @@ impl TrainPage {
     fn progress_ui(&self, ui: &mut Ui) {
         for notice in &self.notices {
             ui.label(RichText::new(notice).weak());
+        }
+        if let Some((dense, quantized)) = self.quantization_cost {
+            ui.label(format!(
+                "What 4-bit quantization cost before training: eval loss {dense:.3} with the full-precision base, {quantized:.3} with the 4-bit one ({:+.3}). Training learns around this.",
+                quantized - dense
+            ));
         }
         if let Phase::Preparing(what) = &self.phase {
             ui.horizontal(|ui| {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use super::{LoraAdapter, LoraConfig, LoraLinear, Model};
+use super::{Frozen, LoraAdapter, LoraConfig, LoraLinear, Model};
+use crate::engine::quant::Nf4Matrix;
 
 impl Model {
     /// Mutable access to the projections; fails while a layer is still shared with a computation
@@ -91,6 +92,33 @@ impl Model {
                 None => None,
             };
         }
+        Ok(count)
+    }
+
+    /// Quantize every dense decoder projection to NF4 in place, one at a time, so the dense copy of
+    /// each is freed as its quantized one is made (QLoRA after measuring the full-precision base).
+    /// Returns how many were quantized.
+    pub fn quantize_base(&mut self, double_quant: bool) -> candle_core::Result<usize> {
+        let mut count = 0;
+        for linear in self.linears_mut()? {
+            let Frozen::Dense(w) = &linear.weight else {
+                continue;
+            };
+            let (out, inp) = w.dims2()?;
+            let source = match w.dtype() {
+                candle_core::DType::BF16 => "bfloat16",
+                candle_core::DType::F16 => "float16",
+                _ => "float32",
+            };
+            let values = w
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let q = Nf4Matrix::quantize(&values, (out, inp), source, double_quant);
+            linear.weight = Frozen::Nf4(Arc::new(q));
+            count += 1;
+        }
+        self.options.base = super::BaseFormat::Nf4 { double_quant };
         Ok(count)
     }
 

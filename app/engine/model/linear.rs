@@ -4,6 +4,7 @@
 
 use candle_core::{Module, Result, Tensor};
 
+use super::frozen::{frozen_product, Frozen};
 use super::lora::LoraAdapter;
 use super::lora_op;
 
@@ -11,8 +12,8 @@ use super::lora_op;
 pub struct LoraLinear {
     /// Hugging Face module path, e.g. `model.layers.0.mlp.down_proj`.
     pub path: String,
-    /// Frozen base weight, `out × in`: never a `Var`, so it gets no gradient.
-    pub weight: Tensor,
+    /// Frozen base weight, `out × in`: dense or 4-bit, never a `Var`, so it gets no gradient.
+    pub weight: Frozen,
     pub bias: Option<Tensor>,
     /// The trainable low-rank update, when this module is a LoRA target.
     pub adapter: Option<LoraAdapter>,
@@ -20,6 +21,10 @@ pub struct LoraLinear {
 
 impl LoraLinear {
     pub fn new(path: String, weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self::frozen(path, Frozen::Dense(weight), bias)
+    }
+
+    pub fn frozen(path: String, weight: Frozen, bias: Option<Tensor>) -> Self {
         LoraLinear {
             path,
             weight,
@@ -29,11 +34,11 @@ impl LoraLinear {
     }
 
     pub fn in_features(&self) -> usize {
-        self.weight.dims()[1]
+        self.weight.dims().1
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[0]
+        self.weight.dims().0
     }
 }
 
@@ -63,10 +68,11 @@ impl LoraLinear {
                 lora_op::lora_linear(flat, &self.weight, adapter)?
             }
             Some(adapter) => {
-                (super::ops::frozen_matmul(flat, &self.weight)?
-                    + adapter.forward(flat)?.to_dtype(self.weight.dtype())?)?
+                let base = frozen_product(flat, &self.weight)?;
+                let update = adapter.forward(flat)?.to_dtype(base.dtype())?;
+                (base + update)?
             }
-            None => super::ops::frozen_matmul(flat, &self.weight)?,
+            None => frozen_product(flat, &self.weight)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use super::blocks::{Attention, AttentionCore, Layer, Mlp, RmsNorm};
-use super::{DropoutKey, LoraLinear, Model};
+use super::{DropoutKey, Frozen, LoraLinear, Model};
 use crate::engine::arch::{Arch, Family, Rope};
 use crate::engine::error::Result;
+use crate::engine::quant::Nf4Matrix;
 use crate::engine::weights::Weights;
 
 #[derive(Debug, Clone)]
@@ -16,6 +17,22 @@ pub struct LoadOptions {
     pub device: Device,
     /// The dtype the frozen weights are held and computed in (f32 on CPU; bf16 on CUDA).
     pub dtype: DType,
+    /// How the decoder's linear layers are held (embeddings, `lm_head` and norms always stay dense).
+    pub base: BaseFormat,
+}
+
+/// How the frozen linear weights are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BaseFormat {
+    /// Dense in the compute dtype (LoRA, inference).
+    #[default]
+    Dense,
+    /// NF4 as bitsandbytes makes it, with or without double quantization (QLoRA). A dense source is
+    /// quantized one matrix at a time as it is read, so no dense copy of the model is ever held.
+    Nf4 { double_quant: bool },
+    /// A GGUF model's own quantized blocks, dequantized for each product (QLoRA against exactly what
+    /// llama.cpp runs).
+    Source,
 }
 
 impl Default for LoadOptions {
@@ -23,6 +40,7 @@ impl Default for LoadOptions {
         LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
+            base: BaseFormat::Dense,
         }
     }
 }
@@ -95,12 +113,39 @@ impl Loader<'_> {
     }
 
     fn linear(&self, path: &str, inp: usize, out: usize, bias: bool) -> Result<LoraLinear> {
-        let weight = self.tensor(&format!("{path}.weight"), &[out, inp])?;
+        let weight = self.frozen(&format!("{path}.weight"), out, inp)?;
         let bias = match bias {
             true => Some(self.tensor(&format!("{path}.bias"), &[out])?),
             false => None,
         };
-        Ok(LoraLinear::new(path.to_string(), weight, bias))
+        Ok(LoraLinear::frozen(path.to_string(), weight, bias))
+    }
+
+    /// A decoder linear layer's frozen weight, held as `options.base` asks.
+    fn frozen(&self, name: &str, out: usize, inp: usize) -> Result<Frozen> {
+        match self.options.base {
+            BaseFormat::Dense => Ok(Frozen::Dense(self.tensor(name, &[out, inp])?)),
+            BaseFormat::Nf4 { double_quant } => {
+                // Quantized from its stored values widened to f32, as bitsandbytes quantizes a
+                // bf16 checkpoint from bf16.
+                let dense = self
+                    .weights
+                    .get(name, &[out, inp], &Device::Cpu, DType::F32)?;
+                let values = dense.flatten_all()?.to_vec1::<f32>()?;
+                drop(dense);
+                let dtype = self.weights.source_dtype(name);
+                Ok(Frozen::Nf4(Arc::new(Nf4Matrix::quantize(
+                    &values,
+                    (out, inp),
+                    dtype,
+                    double_quant,
+                ))))
+            }
+            BaseFormat::Source => Err(crate::engine::ModelError::invalid_input(
+                "quant",
+                "training on a GGUF model's own quantized blocks is not available yet; use quant = \"nf4\"",
+            )),
+        }
     }
 
     fn norm(&self, path: &str, size: usize) -> Result<RmsNorm> {

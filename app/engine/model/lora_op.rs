@@ -13,19 +13,21 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu_ops::{cpu_f32, f32_slice, matmul, matmul_here, Mat};
+use super::frozen::Frozen;
 use super::lora::{DropoutMask, LoraAdapter};
 
 /// Whether [`lora_linear`] handles this input and weight.
-pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
-    super::cpu_ops::applies(x) && weight.dtype() == DType::F32
+pub fn applies(x: &Tensor, weight: &Frozen) -> bool {
+    super::cpu_ops::applies(x) && weight.has_cpu_f32()
 }
 
-/// `x · Wᵀ + LoRA(x)` for `x` of shape `(rows, in)` and a frozen `weight` of shape `(out, in)`.
-/// Gradients flow to `x` (when it is tracked) and to the adapter's A and B; W gets none.
-pub fn lora_linear(x: &Tensor, weight: &Tensor, adapter: &LoraAdapter) -> Result<Tensor> {
+/// `x · Wᵀ + LoRA(x)` for `x` of shape `(rows, in)` and a frozen `weight` of shape `(out, in)`
+/// (dense, or 4-bit and dequantized for each product). Gradients flow to `x` (when it is tracked)
+/// and to the adapter's A and B; W gets none.
+pub fn lora_linear(x: &Tensor, weight: &Frozen, adapter: &LoraAdapter) -> Result<Tensor> {
     let op = LoraMatmul {
         weight: weight.clone(),
         scale: adapter.scale as f32,
@@ -39,7 +41,7 @@ pub fn lora_linear(x: &Tensor, weight: &Tensor, adapter: &LoraAdapter) -> Result
 }
 
 struct LoraMatmul {
-    weight: Tensor,
+    weight: Frozen,
     scale: f32,
     /// The dropout mask this pass draws (element by element, where it is used); `None` without dropout.
     dropout: Option<DropoutMask>,
@@ -91,30 +93,31 @@ impl CustomOp3 for LoraMatmul {
         let (rows, inp) = x_layout.shape().dims2()?;
         let (rank, a_in) = a_layout.shape().dims2()?;
         let (out, b_rank) = b_layout.shape().dims2()?;
-        let (w_storage, w_layout) = self.weight.storage_and_layout();
-        let w = f32_slice(&w_storage, w_layout, "base weight")?;
         let (x, a, b) = (
             cpu_f32(x, x_layout, "input")?,
             cpu_f32(a, a_layout, "lora_A")?,
             cpu_f32(b, b_layout, "lora_B")?,
         );
-        if a_in != inp || b_rank != rank || w_layout.shape().dims2()? != (out, inp) {
+        if a_in != inp || b_rank != rank || self.weight.dims() != (out, inp) {
             candle_core::bail!(
                 "lora-linear: shapes do not fit (x {rows}×{inp}, A {rank}×{a_in}, B {out}×{b_rank}, W {:?})",
-                w_layout.shape()
+                self.weight.dims()
             );
         }
         let dropped = self.dropped(x);
         let xd = dropped.as_deref().unwrap_or(x);
         let down = self.down(xd, a, rows, rank);
         let mut y = vec![0f32; rows * out];
-        matmul(
-            &mut y,
-            Mat::new(x, rows, inp),
-            Mat::new(w, out, inp).t(),
-            1.0,
-            false,
-        );
+        self.weight.with_cpu_f32(|w| {
+            matmul(
+                &mut y,
+                Mat::new(x, rows, inp),
+                Mat::new(w, out, inp).t(),
+                1.0,
+                false,
+            );
+            Ok(())
+        })?;
         matmul(
             &mut y,
             Mat::new(&down, rows, rank),
@@ -142,12 +145,10 @@ impl CustomOp3 for LoraMatmul {
         let (as_, al) = a_t.storage_and_layout();
         let (bs, bl) = b_t.storage_and_layout();
         let (dys, dyl) = dy_t.storage_and_layout();
-        let (ws, wl) = self.weight.storage_and_layout();
         let x = f32_slice(&xs, xl, "input")?;
         let a = f32_slice(&as_, al, "lora_A")?;
         let b = f32_slice(&bs, bl, "lora_B")?;
         let dy = f32_slice(&dys, dyl, "output gradient")?;
-        let w = f32_slice(&ws, wl, "base weight")?;
         let dropped = self.dropped(x);
         let xd = dropped.as_deref().unwrap_or(x);
 
@@ -181,13 +182,16 @@ impl CustomOp3 for LoraMatmul {
 
         let dx = if x_t.track_op() {
             let mut dx = vec![0f32; rows * inp];
-            matmul(
-                &mut dx,
-                Mat::new(dy, rows, out),
-                Mat::new(w, out, inp),
-                1.0,
-                false,
-            );
+            self.weight.with_cpu_f32(|w| {
+                matmul(
+                    &mut dx,
+                    Mat::new(dy, rows, out),
+                    Mat::new(w, out, inp),
+                    1.0,
+                    false,
+                );
+                Ok(())
+            })?;
             match &self.dropout {
                 None => matmul(
                     &mut dx,
@@ -255,7 +259,7 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, inp), &device).unwrap()).unwrap();
         let weights = Tensor::randn(0f32, 1.0, (rows, out), &device).unwrap();
 
-        let fused = lora_linear(x.as_tensor(), &w, &adapter).unwrap();
+        let fused = lora_linear(x.as_tensor(), &Frozen::Dense(w.clone()), &adapter).unwrap();
         let composed = (x.as_tensor().matmul(&w.t().unwrap()).unwrap()
             + adapter.forward(x.as_tensor()).unwrap())
         .unwrap();
@@ -329,7 +333,7 @@ mod tests {
         .unwrap();
         let x = Tensor::randn(0f32, 1.0, (3, 8), &device).unwrap();
         let w = Tensor::randn(0f32, 1.0, (4, 8), &device).unwrap();
-        let grads = lora_linear(&x, &w, &adapter)
+        let grads = lora_linear(&x, &Frozen::Dense(w), &adapter)
             .unwrap()
             .sum_all()
             .unwrap()

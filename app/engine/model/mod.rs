@@ -12,6 +12,7 @@ mod blocks;
 mod checkpoint;
 mod cpu_attention;
 mod cpu_ops;
+pub mod frozen;
 pub mod linear;
 mod loader;
 pub mod lora;
@@ -22,8 +23,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
 
+pub use frozen::Frozen;
 pub use linear::LoraLinear;
-pub use loader::LoadOptions;
+pub use loader::{BaseFormat, LoadOptions};
 pub use lora::{DropoutKey, LoraAdapter, LoraConfig};
 
 use super::arch::Arch;

@@ -39,6 +39,12 @@ pub fn command_line(spec: &RunSpec, out: Option<&Path>, resume: Option<&Path>) -
         push("out", quote(&out.display().to_string()));
     }
     push("name", quote(&spec.name));
+    if c.method != d.method {
+        push("method", c.method.name().to_string());
+    }
+    if c.quant != d.quant {
+        push("quant", c.quant.name().to_string());
+    }
     match c.max_steps {
         Some(s) => push("max-steps", s.to_string()),
         None => push("epochs", c.epochs.to_string()),
@@ -90,6 +96,7 @@ pub fn command_line(spec: &RunSpec, out: Option<&Path>, resume: Option<&Path>) -
         push("log-every", c.log_every.to_string());
     }
     let switches = [
+        ("optimizer-offload", c.optimizer_offload),
         ("rslora", c.lora.use_rslora),
         ("gradient-checkpointing", c.gradient_checkpointing),
         ("group-by-length", c.group_by_length),

@@ -15,6 +15,6 @@ pub mod session;
 pub mod step;
 pub mod trainer;
 
-pub use config::{Schedule, TrainConfig};
+pub use config::{Method, QuantSource, Schedule, TrainConfig};
 pub use session::{Session, SessionEvent};
-pub use trainer::{spawn, TrainCommand, TrainEvent, TrainHandle, TrainJob};
+pub use trainer::{spawn, QuantizationPlan, TrainCommand, TrainEvent, TrainHandle, TrainJob};

@@ -5,8 +5,9 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use super::config::TrainConfig;
+use super::config::{Method, QuantSource};
 use super::run::{sha256_file, RunDir, RunSpec};
-use super::trainer::TrainJob;
+use super::trainer::{QuantizationPlan, TrainJob};
 use crate::engine::data::{
     encode_dataset, validate_file, Dataset, EncodeOptions, Encoded, Overlong, Progress, RowError,
     RowNumbering, SplitSpec, TrainOn, ValidateOptions,
@@ -14,7 +15,7 @@ use crate::engine::data::{
 use crate::engine::device;
 use crate::engine::error::{ModelError, Result};
 use crate::engine::hub::{DownloadEvent, HubOptions};
-use crate::engine::model::LoadOptions;
+use crate::engine::model::{BaseFormat, LoadOptions};
 use crate::engine::source::{self, ModelSource, Resolve};
 
 /// What preparing a run found, for the user to see before training starts.
@@ -104,7 +105,15 @@ pub fn prepare(
     on_event(PrepareEvent::LoadingModel);
     let (device, dtype) = device::best_device();
     let device_name = device::describe(&device);
-    let loaded = source::load(&files, &LoadOptions { device, dtype })?;
+    let (base, quantization) = quantization_plan(&spec.train, &files, resume, &device)?;
+    let loaded = source::load(
+        &files,
+        &LoadOptions {
+            device,
+            dtype,
+            base,
+        },
+    )?;
     let pad_id = loaded.stop_tokens.first().copied().unwrap_or(0);
     let prepared = Prepared {
         train_examples: train.len(),
@@ -122,8 +131,48 @@ pub fn prepare(
         base_model: spec.model.clone(),
         resume,
         pad_id,
+        quantization,
     };
     Ok((job, prepared))
+}
+
+/// How the base loads for this run, and whether QLoRA can first measure what quantizing it costs: it
+/// can when the full-precision base fits in the memory free beside training (it is loaded dense,
+/// evaluated, then quantized in place, one matrix at a time).
+fn quantization_plan(
+    config: &TrainConfig,
+    files: &source::ModelFiles,
+    resume: bool,
+    device: &candle_core::Device,
+) -> Result<(BaseFormat, QuantizationPlan)> {
+    let base = config.base_format();
+    if config.method != Method::Qlora || config.quant != QuantSource::Nf4 || resume {
+        return Ok((base, QuantizationPlan::Nothing));
+    }
+    let info = source::inspect(files)?;
+    let not_measured = |why: String| Ok((base, QuantizationPlan::NotMeasured(why)));
+    if info.arch.quantization.is_some() {
+        return not_measured("the model was published already quantized to 4 bits, so there is no full-precision base to measure the quantization cost against".into());
+    }
+    if !device.is_cpu() {
+        return not_measured(
+            "on a GPU the base is quantized as it loads, so the quantization cost is not measured"
+                .into(),
+        );
+    }
+    let dense = info.parameters * 4;
+    match crate::engine::sysmem::available() {
+        Some(free) if dense <= free / 2 => Ok((
+            BaseFormat::Dense,
+            QuantizationPlan::MeasureThenQuantize { double_quant: true },
+        )),
+        Some(free) => not_measured(format!(
+            "the full-precision base needs {} and {} of memory is free, so the quantization cost was not measured; the base was quantized as it loaded",
+            crate::engine::units::bytes(dense),
+            crate::engine::units::bytes(free)
+        )),
+        None => not_measured("this system does not say how much memory is free, so the full-precision base was not loaded to measure the quantization cost".into()),
+    }
 }
 
 /// How a run encodes its data, from its settings: the one place that turns them into encoding options,

@@ -79,6 +79,12 @@ pub enum TrainEvent {
         reason: String,
         advice: String,
     },
+    /// QLoRA: the eval loss of the full-precision base and of the same base quantized, measured before
+    /// the first step; the difference is what quantization costs before any training.
+    QuantizationCost {
+        dense_loss: f64,
+        quantized_loss: f64,
+    },
     /// Something to tell the person that does not stop the run: a checkpoint that could not be read
     /// and was skipped, a learning-rate change.
     Notice {
@@ -112,6 +118,21 @@ pub struct TrainJob {
     /// Continue from the run's newest checkpoint that loads.
     pub resume: bool,
     pub pad_id: u32,
+    /// What QLoRA's quantization cost is measured against, if anything.
+    pub quantization: QuantizationPlan,
+}
+
+/// How a QLoRA run learns what quantizing its base cost.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum QuantizationPlan {
+    /// Nothing to measure (LoRA, or a resumed run that measured it before).
+    #[default]
+    Nothing,
+    /// The model arrives dense: evaluate it, quantize it to NF4 in place (double quantization as
+    /// asked), evaluate again.
+    MeasureThenQuantize { double_quant: bool },
+    /// The base is quantized but the full-precision one could not be evaluated; why, for the person.
+    NotMeasured(String),
 }
 
 pub struct TrainHandle {
@@ -223,6 +244,8 @@ struct Trainer {
     saved: Option<(usize, PathBuf)>,
     /// When the last checkpoint was saved (or training started), for the time-based checkpoints.
     saved_at: Instant,
+    /// QLoRA: the full-precision base's eval loss, measured before it was quantized.
+    dense_eval_loss: Option<f64>,
 }
 
 impl Trainer {
@@ -241,6 +264,7 @@ impl Trainer {
             ));
         }
         let mut job = job;
+        let mut dense_eval_loss = None;
         let (start_step, saved, optimizer) = match job.resume {
             true => {
                 let mut skipped = |s: Skipped| {
@@ -255,6 +279,12 @@ impl Trainer {
                 (step, Some((step, dir)), optimizer)
             }
             false => {
+                if let QuantizationPlan::MeasureThenQuantize { double_quant } = job.quantization {
+                    if !job.eval.is_empty() {
+                        dense_eval_loss = Some(eval_loss(&job)?);
+                    }
+                    job.model.quantize_base(double_quant)?;
+                }
                 job.model.attach_lora(&job.config.lora, job.config.seed)?;
                 let optimizer = checkpoint::optimizer_for(&job.model, &job.config)?;
                 (0, None, optimizer)
@@ -281,6 +311,7 @@ impl Trainer {
             deferred: VecDeque::new(),
             saved,
             saved_at: Instant::now(),
+            dense_eval_loss,
         })
     }
 
@@ -332,7 +363,25 @@ impl Trainer {
         let mut last_eval = None;
         // The base model's eval loss: the number the run has to beat.
         if self.start_step == 0 && !self.job.eval.is_empty() {
-            last_eval = Some(self.evaluate(0)?);
+            let quantized_loss = self.evaluate(0)?;
+            last_eval = Some(quantized_loss);
+            if let Some(dense_loss) = self.dense_eval_loss {
+                self.job.run.log_metrics(&json!({
+                    "step": 0, "quantization": self.job.config.quant.name(),
+                    "dense_eval_loss": dense_loss, "quantized_eval_loss": quantized_loss,
+                }))?;
+                self.send(TrainEvent::QuantizationCost {
+                    dense_loss,
+                    quantized_loss,
+                });
+            }
+        }
+        if let QuantizationPlan::NotMeasured(why) = &self.job.quantization {
+            if self.start_step == 0 {
+                self.send(TrainEvent::Notice {
+                    message: why.clone(),
+                });
+            }
         }
         let per_epoch = self.job.config.total_steps_per_epoch(self.job.train.len());
         let interval = self.job.config.checkpoint_interval(self.total_steps);
@@ -550,25 +599,7 @@ impl Trainer {
 
     /// Mean loss over every trained token of the eval split; perplexity is its exponential.
     fn evaluate(&self, step: usize) -> Result<f64> {
-        self.job.model.dropout_key().set(None);
-        let size = self.job.config.micro_batch_size;
-        let (mut total, mut count) = (0.0, 0.0);
-        for chunk in self.job.eval.chunks(size) {
-            let rows: Vec<&Example> = chunk.iter().collect();
-            let batch = pack(
-                &rows,
-                self.job.config.max_seq_len,
-                self.job.pad_id,
-                self.job.model.device(),
-            )?;
-            if batch.targets == 0 {
-                continue;
-            }
-            let (loss, n) = masked_lm_loss(&self.job.model, &batch.ids, &batch.mask)?;
-            total += loss.to_scalar::<f32>()? as f64 * n;
-            count += n;
-        }
-        let loss = total / count.max(1.0);
+        let loss = eval_loss(&self.job)?;
         let perplexity = loss.exp();
         self.job.run.log_metrics(
             &json!({"step": step, "eval_loss": loss, "eval_perplexity": perplexity}),
@@ -642,4 +673,25 @@ fn forget_lr_changes_after(job: &mut TrainJob, step: usize) -> Result<()> {
 /// Resident memory of this process in bytes (0 where the system does not say).
 pub fn resident_memory() -> u64 {
     crate::engine::sysmem::resident().unwrap_or(0)
+}
+/// The mean loss per target token over the eval split, without dropout.
+fn eval_loss(job: &TrainJob) -> Result<f64> {
+    job.model.dropout_key().set(None);
+    let (mut total, mut count) = (0.0, 0.0);
+    for chunk in job.eval.chunks(job.config.micro_batch_size) {
+        let rows: Vec<&Example> = chunk.iter().collect();
+        let batch = pack(
+            &rows,
+            job.config.max_seq_len,
+            job.pad_id,
+            job.model.device(),
+        )?;
+        if batch.targets == 0 {
+            continue;
+        }
+        let (loss, n) = masked_lm_loss(&job.model, &batch.ids, &batch.mask)?;
+        total += loss.to_scalar::<f32>()? as f64 * n;
+        count += n;
+    }
+    Ok(total / count.max(1.0))
 }

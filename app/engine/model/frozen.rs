@@ -1,0 +1,232 @@
+//! The frozen base weight of a linear layer: a dense tensor (LoRA) or 4-bit NF4 blocks (QLoRA).
+//!
+//! A quantized base is never held dense as a whole: each product dequantizes its own matrix into a
+//! scratch buffer that is reused from layer to layer, in the forward pass and again for the input's
+//! gradient in the backward pass, as bitsandbytes' `MatMul4Bit` does. So the model costs its packed
+//! size plus one layer's f32 matrix, whatever its depth.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::cpu_ops::f32_slice;
+use crate::engine::quant::Nf4Matrix;
+
+#[derive(Debug, Clone)]
+pub enum Frozen {
+    /// `out × in` in the compute dtype; never a `Var`, so it gets no gradient.
+    Dense(Tensor),
+    /// NF4 blocks with their (double-quantized) absmax, dequantized right before each product.
+    Nf4(Arc<Nf4Matrix>),
+}
+
+impl Frozen {
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Frozen::Dense(w) => {
+                let d = w.dims();
+                (d[0], d[1])
+            }
+            Frozen::Nf4(q) => q.shape,
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        !matches!(self, Frozen::Dense(_))
+    }
+
+    /// Bytes this weight holds in memory.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Frozen::Dense(w) => (w.elem_count() * w.dtype().size_in_bytes()) as u64,
+            Frozen::Nf4(q) => q.bytes(),
+        }
+    }
+
+    /// The weight as a dense `out × in` tensor in `dtype` on `device` (a new tensor for NF4): for the
+    /// paths that are not the CPU's f32 training ops, and for exporting a merged model.
+    pub fn to_dense(&self, device: &Device, dtype: DType) -> Result<Tensor> {
+        match self {
+            Frozen::Dense(w) => w.to_device(device)?.to_dtype(dtype),
+            Frozen::Nf4(q) => Tensor::from_vec(q.dequantize(), q.shape, &Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device),
+        }
+    }
+
+    /// Whether [`Self::with_cpu_f32`] can serve this weight: f32 on the CPU, or NF4.
+    pub fn has_cpu_f32(&self) -> bool {
+        match self {
+            Frozen::Dense(w) => w.device().is_cpu() && w.dtype() == DType::F32,
+            Frozen::Nf4(_) => true,
+        }
+    }
+
+    /// Run `f` on the weight's f32 values, row-major `out × in`: a dense f32 CPU weight is lent as it
+    /// is; an NF4 one is dequantized into a pooled scratch buffer first, which returns to the pool after.
+    pub fn with_cpu_f32<R>(&self, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+        match self {
+            Frozen::Dense(w) => {
+                let (storage, layout) = w.storage_and_layout();
+                f(f32_slice(&storage, layout, "base weight")?)
+            }
+            Frozen::Nf4(q) => {
+                let mut buffer = Scratch::take(q.len());
+                q.dequantize_into(&mut buffer.0);
+                f(&buffer.0)
+            }
+        }
+    }
+}
+
+/// Buffers for dequantized weights, kept for the next product. Each in-flight product takes its own,
+/// so nested or concurrent products never share one; in a training step that is one at a time, and
+/// the pool holds as many buffers as products ever ran at once (one, sized for the largest layer).
+static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    fn take(len: usize) -> Scratch {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        // The largest buffer serves every layer without growing again.
+        let mut v = match pool.iter().enumerate().max_by_key(|(_, v)| v.capacity()) {
+            Some((i, _)) => pool.swap_remove(i),
+            None => Vec::new(),
+        };
+        drop(pool);
+        v.resize(len, 0.0);
+        Scratch(v)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        POOL.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+    }
+}
+
+/// `x · Wᵀ` for `x` of shape `(rows, in)`, with a gradient for `x` only.
+pub fn frozen_product(x: &Tensor, weight: &Frozen) -> Result<Tensor> {
+    match weight {
+        Frozen::Dense(w) => super::ops::frozen_matmul(x, w),
+        Frozen::Nf4(_) if super::cpu_ops::applies(x) => {
+            x.contiguous()?.apply_op1(QuantizedMatmul {
+                weight: weight.clone(),
+            })
+        }
+        // Other devices and dtypes multiply by a dense copy, which the backward pass keeps.
+        Frozen::Nf4(_) => super::ops::frozen_matmul(x, &weight.to_dense(x.device(), x.dtype())?),
+    }
+}
+
+/// `x · Wᵀ` on the CPU for a quantized `W`, dequantized for the product and again for the backward.
+struct QuantizedMatmul {
+    weight: Frozen,
+}
+
+impl candle_core::CustomOp1 for QuantizedMatmul {
+    fn name(&self) -> &'static str {
+        "quantized-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use super::cpu_ops::{cpu_f32, matmul, Mat};
+        let (rows, inp) = layout.shape().dims2()?;
+        let (out, w_in) = self.weight.dims();
+        if inp != w_in {
+            candle_core::bail!(
+                "quantized-matmul: input has {inp} features, the weight takes {w_in}"
+            );
+        }
+        let x = cpu_f32(storage, layout, "input")?;
+        let mut y = vec![0f32; rows * out];
+        self.weight.with_cpu_f32(|w| {
+            matmul(
+                &mut y,
+                Mat::new(x, rows, inp),
+                Mat::new(w, out, inp).t(),
+                1.0,
+                false,
+            );
+            Ok(())
+        })?;
+        Ok((
+            candle_core::CpuStorage::F32(y),
+            candle_core::Shape::from((rows, out)),
+        ))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        use super::cpu_ops::{matmul, Mat};
+        let dy = dy.contiguous()?;
+        let (rows, out) = dy.dims2()?;
+        let (_, inp) = self.weight.dims();
+        let (storage, layout) = dy.storage_and_layout();
+        let dy_values = f32_slice(&storage, layout, "output gradient")?;
+        let mut dx = vec![0f32; rows * inp];
+        self.weight.with_cpu_f32(|w| {
+            matmul(
+                &mut dx,
+                Mat::new(dy_values, rows, out),
+                Mat::new(w, out, inp),
+                1.0,
+                false,
+            );
+            Ok(())
+        })?;
+        Tensor::from_vec(dx, (rows, inp), dy.device()).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::ops::max_abs_diff;
+    use candle_core::Var;
+
+    /// The quantized product gives the same output and input gradient as a dense product with the
+    /// dequantized weight, including a shape that is not a multiple of the block.
+    #[test]
+    fn quantized_product_matches_the_dense_one() {
+        let device = Device::Cpu;
+        let (rows, inp, out) = (5, 70, 9);
+        let w = Tensor::randn(0f32, 1.0, (out, inp), &device).unwrap();
+        let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let q = Frozen::Nf4(Arc::new(Nf4Matrix::quantize(
+            &values,
+            (out, inp),
+            "float32",
+            true,
+        )));
+        let dense = q.to_dense(&device, DType::F32).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, inp), &device).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (rows, out), &device).unwrap();
+        let y1 = frozen_product(x.as_tensor(), &q).unwrap();
+        let y2 = x.as_tensor().matmul(&dense.t().unwrap()).unwrap();
+        assert!(max_abs_diff(&y1, &y2) < 1e-5);
+        let g1 = (y1 * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (y2 * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let d = max_abs_diff(
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-5, "input gradient differs by {d}");
+    }
+}
