@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use loft::engine::adapter;
 use loft::engine::chat::ChatMessage;
 use loft::engine::generate::{generate, Sampling};
-use loft::engine::model::LoadOptions;
+use loft::engine::model::{BaseFormat, LoadOptions};
 use loft::engine::source::{self, ModelFiles};
 
 fn loft(args: &[&str]) -> std::process::Output {
@@ -180,8 +180,122 @@ fn lora_training_improves_the_real_model() {
     );
 }
 
+/// QLoRA on the real model: the base is measured dense, quantized to NF4 and measured again before
+/// step 1; training through the 4-bit base lowers the eval loss; the adapter is PEFT's format and
+/// attaches to a base quantized afresh.
+#[test]
+fn qlora_training_measures_the_quantization_cost_and_lowers_eval_loss() {
+    let gguf = support::smollm2_gguf();
+    let runs = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = std::fs::read_to_string(sample_data())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (train_file, eval_file) = (
+        runs.path().join("train.jsonl"),
+        runs.path().join("eval.jsonl"),
+    );
+    std::fs::write(&train_file, rows[..24].join("\n")).unwrap();
+    std::fs::write(&eval_file, rows[rows.len() - 6..].join("\n")).unwrap();
+    let out = loft(&[
+        "train",
+        "--method",
+        "qlora",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--data",
+        train_file.to_str().unwrap(),
+        "--eval-data",
+        eval_file.to_str().unwrap(),
+        "--out",
+        runs.path().to_str().unwrap(),
+        "--max-steps",
+        "12",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "1e-3",
+        "--max-seq-len",
+        "256",
+        "--seed",
+        "7",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let run = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap(),
+    );
+    assert!(
+        run.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with("qlora"),
+        "{run:?}"
+    );
+    let m = metrics(&run);
+    let cost = m
+        .iter()
+        .find(|x| x.get("dense_eval_loss").is_some())
+        .unwrap_or_else(|| panic!("no quantization cost in metrics.jsonl: {m:?}"));
+    let (dense, quantized) = (
+        cost["dense_eval_loss"].as_f64().unwrap(),
+        cost["quantized_eval_loss"].as_f64().unwrap(),
+    );
+    assert_eq!(cost["quantization"], "nf4");
+    // Different weights give a different loss, but 4 bits stay close to the base.
+    assert!(
+        dense != quantized && (quantized - dense).abs() < 0.5 * dense,
+        "dense {dense}, nf4 {quantized}"
+    );
+    assert!(stderr.contains("quantization: eval loss"), "{stderr}");
+    let evals: Vec<f64> = m.iter().filter_map(|x| x["eval_loss"].as_f64()).collect();
+    assert_eq!(evals.len(), 2, "base and final evaluations: {evals:?}");
+    assert_eq!(evals[0], quantized, "the base evaluation is the NF4 base's");
+    assert!(
+        evals[1] < evals[0] * 0.95,
+        "eval loss should fall: {evals:?}"
+    );
+
+    // The saved adapter attaches to a base quantized afresh (no dense linear weight anywhere).
+    let files = ModelFiles::from_gguf(&gguf).unwrap();
+    let options = LoadOptions {
+        base: BaseFormat::Nf4 { double_quant: true },
+        ..LoadOptions::default()
+    };
+    let mut tuned = source::load(&files, &options).unwrap();
+    assert!(tuned.model.linears().all(|l| l.weight.is_quantized()));
+    adapter::load_peft(&mut tuned.model, &adapter::adapter_dir(&run)).unwrap();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter::adapter_dir(&run).join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+}
+
 #[test]
 fn a_killed_run_resumes_to_the_same_adapter() {
+    assert_killed_run_resumes_to_the_same_adapter(&[]);
+}
+
+/// Resuming a QLoRA run quantizes the base again as its run.toml says: the resumed curve and adapter
+/// are the straight QLoRA run's (a dense base would give other losses).
+#[test]
+fn a_killed_qlora_run_resumes_to_the_same_adapter() {
+    let (_runs, run) = assert_killed_run_resumes_to_the_same_adapter(&["--method", "qlora"]);
+    let spec = std::fs::read_to_string(run.join("run.toml")).unwrap();
+    assert!(spec.contains("method = \"qlora\""), "{spec}");
+}
+
+/// Train straight through, then the same run killed after its step-4 checkpoint and resumed; `extra`
+/// flags go to both. Returns the runs' temporary folder and the resumed run's folder.
+fn assert_killed_run_resumes_to_the_same_adapter(extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
     let gguf = support::smollm2_gguf();
     let runs = tempfile::tempdir().unwrap();
     let args = |dir: &str| -> Vec<String> {
@@ -215,6 +329,7 @@ fn a_killed_run_resumes_to_the_same_adapter() {
             "3",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect()
     };
@@ -287,4 +402,5 @@ fn a_killed_run_resumes_to_the_same_adapter() {
         );
     }
     support::assert_same_adapters(&run.join("adapter"), &straight.join("adapter"), 1e-5);
+    (runs, run)
 }

@@ -15,7 +15,7 @@ use crate::engine::model::{LoadOptions, Model};
 use crate::engine::source;
 use crate::engine::train::checkpoint::optimizer_for;
 use crate::engine::train::step::{pack, train_step, Batch};
-use crate::engine::train::TrainConfig;
+use crate::engine::train::{Method, TrainConfig};
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
@@ -45,6 +45,10 @@ pub struct BenchTrainArgs {
     /// Recompute each layer in the backward pass instead of keeping its activations.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// lora (the base in f32) or qlora (the base in NF4 with double quantization, dequantized for each
+    /// product).
+    #[arg(long, value_parser = ["lora", "qlora"], default_value = "lora")]
+    method: String,
 }
 
 impl BenchTrainArgs {
@@ -54,6 +58,10 @@ impl BenchTrainArgs {
             max_steps: Some(self.steps.max(1)),
             max_seq_len: self.seq.max(8),
             gradient_checkpointing: self.gradient_checkpointing,
+            method: match self.method.as_str() {
+                "qlora" => Method::Qlora,
+                _ => Method::Lora,
+            },
             ..TrainConfig::default()
         };
         if let Some(b) = self.batch {
@@ -144,7 +152,8 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let (per_step, cpu_per_step) = (steady(&times), steady(&cpu_times));
     let tokens = size * accum * seq;
     println!(
-        "loft{}  {size}x{seq} tokens x {accum} micro-batches, r={}, dropout {}, clip {}: {per_step:.2} s/step, {:.0} tokens/s, {cpu_per_step:.2} CPU s/step, peak RSS {:.2} GB ({})",
+        "loft {:<5}{}  {size}x{seq} tokens x {accum} micro-batches, r={}, dropout {}, clip {}: {per_step:.2} s/step, {:.0} tokens/s, {cpu_per_step:.2} CPU s/step, peak RSS {:.2} GB ({})",
+        config.method.name(),
         if config.gradient_checkpointing {
             " (ckpt)"
         } else {
