@@ -5,8 +5,12 @@ them per step (loss averaged over the step's tokens), LoRA r on all linear layer
 0.05, gradients clipped to norm 1.0, AdamW (no weight decay). Prints seconds per step (wall clock and CPU),
 tokens/s and peak RSS.
 
+With --qlora the base is loaded through bitsandbytes as QLoRA does it (NF4, double quantization, f32 compute,
+`prepare_model_for_kbit_training`), the side `loft bench-train --method qlora` is compared with. Needs
+bitsandbytes (pip install bitsandbytes) for that.
+
 Usage: bench_train_reference.py MODEL (HF folder, or a .gguf file) [--batch 4] [--seq 256] [--grad-accum 4]
-       [--rank 16] [--dropout 0.05] [--max-grad-norm 1.0] [--steps 3]
+       [--rank 16] [--dropout 0.05] [--max-grad-norm 1.0] [--steps 3] [--qlora] [--gradient-checkpointing]
 """
 import argparse
 import os
@@ -26,14 +30,28 @@ p.add_argument("--rank", type=int, default=16)
 p.add_argument("--dropout", type=float, default=0.05)
 p.add_argument("--max-grad-norm", type=float, default=1.0)
 p.add_argument("--steps", type=int, default=3)
+p.add_argument("--qlora", action="store_true")
+p.add_argument("--gradient-checkpointing", action="store_true")
 a = p.parse_args()
 torch.set_num_threads(os.cpu_count() or 1)
 torch.manual_seed(42)
+load = dict(dtype=torch.float32)
+if a.qlora:
+    from transformers import BitsAndBytesConfig
+    load["quantization_config"] = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32)
 if a.model.endswith(".gguf"):
     folder, name = os.path.split(os.path.abspath(a.model))
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **load)
 else:
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(a.model, **load)
+if a.qlora:
+    from peft import prepare_model_for_kbit_training
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=a.gradient_checkpointing)
+elif a.gradient_checkpointing:
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
 config = LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=a.dropout, task_type="CAUSAL_LM",
                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 model = get_peft_model(model, config)
@@ -62,6 +80,8 @@ steady = lambda v: sum(v[1:] or v) / len(v[1:] or v)
 per_step, cpu_per_step = steady(times), steady(cpu_times)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 tokens = a.batch * a.grad_accum * a.seq
-print(f"pytorch+peft  {a.batch}x{a.seq} tokens x {a.grad_accum} micro-batches, r={a.rank}, dropout {a.dropout}, "
+label = "pytorch+peft+bnb qlora" if a.qlora else "pytorch+peft lora"
+label += " (ckpt)" if a.gradient_checkpointing else ""
+print(f"{label:<29} {a.batch}x{a.seq} tokens x {a.grad_accum} micro-batches, r={a.rank}, dropout {a.dropout}, "
       f"clip {a.max_grad_norm}: {per_step:.2f} s/step, {tokens / per_step:.0f} tokens/s, {cpu_per_step:.2f} CPU s/step, "
       f"peak RSS {peak / 1e9:.2f} GB (torch {torch.__version__})")
