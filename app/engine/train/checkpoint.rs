@@ -24,12 +24,11 @@ pub fn optimizer_for(model: &Model, config: &TrainConfig) -> Result<AdamW> {
             ]
         })
         .collect();
-    Ok(AdamW::new(
-        params,
-        config.betas,
-        config.eps,
-        config.weight_decay,
-    )?)
+    let optimizer = AdamW::new(params, config.betas, config.eps, config.weight_decay)?;
+    Ok(match config.optimizer_offload {
+        true => optimizer.offload_state()?,
+        false => optimizer,
+    })
 }
 
 /// Save the state after `step` optimizer steps as `checkpoints/step-<step>`.
