@@ -317,6 +317,60 @@ mod tests {
         }
     }
 
+    /// With an NF4 base the op computes exactly what it computes with the dequantized base as a dense
+    /// weight: output and the gradients of x, A and B.
+    #[test]
+    fn an_nf4_base_is_the_dequantized_dense_base() {
+        use crate::engine::quant::Nf4Matrix;
+        let device = Device::Cpu;
+        let (rows, inp, out) = (4, 96, 10);
+        let mut adapter = LoraAdapter::init(
+            &LoraConfig::default(),
+            inp,
+            out,
+            0,
+            5,
+            DropoutKey::default(),
+            &device,
+        )
+        .unwrap();
+        adapter.b = Var::from_tensor(
+            &Tensor::randn(0f32, 1.0, (out, adapter.a.dims()[0]), &device).unwrap(),
+        )
+        .unwrap();
+        let values: Vec<f32> = (0..out * inp)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let nf4 = Frozen::Nf4(std::sync::Arc::new(Nf4Matrix::quantize(
+            &values,
+            (out, inp),
+            "float32",
+            true,
+        )));
+        let dense = Frozen::Dense(nf4.to_dense(&device, candle_core::DType::F32).unwrap());
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, inp), &device).unwrap()).unwrap();
+        let run = |w: &Frozen| {
+            let y = lora_linear(x.as_tensor(), w, &adapter).unwrap();
+            let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let get = |t: &Tensor| {
+                grads
+                    .get(t)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            [
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                get(x.as_tensor()),
+                get(adapter.a.as_tensor()),
+                get(adapter.b.as_tensor()),
+            ]
+        };
+        assert_eq!(run(&nf4), run(&dense));
+    }
+
     /// An input outside the graph (the first layer's) gets no gradient, and A and B still do.
     #[test]
     fn untracked_input_gets_no_gradient() {

@@ -139,17 +139,29 @@ impl Nf4Matrix {
             "dequantize: the output holds {} values, not {n}",
             out.len()
         );
+        // Blocks hold an even number of values, so each starts on a byte boundary and a byte's two
+        // codes share a scale. Tasks of many blocks keep rayon's overhead small.
         let block = self.block;
-        out.par_chunks_mut(block)
-            .zip(absmax.par_iter())
+        debug_assert!(block % 2 == 0);
+        const BLOCKS_PER_TASK: usize = 256;
+        out.par_chunks_mut(block * BLOCKS_PER_TASK)
             .enumerate()
-            .for_each(|(b, (chunk, &scale))| {
-                let start = b * block;
-                for (k, v) in chunk.iter_mut().enumerate() {
-                    let i = start + k;
-                    let byte = self.packed[i / 2];
-                    let code = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
-                    *v = NF4_LEVELS[code as usize] * scale;
+            .for_each(|(task, values)| {
+                let first = task * BLOCKS_PER_TASK;
+                for (k, chunk) in values.chunks_mut(block).enumerate() {
+                    let b = first + k;
+                    let scale = absmax[b];
+                    let bytes = &self.packed[b * block / 2..];
+                    let odd_at = chunk.len() / 2;
+                    let mut pairs = chunk.chunks_exact_mut(2);
+                    for (pair, &byte) in (&mut pairs).zip(bytes) {
+                        pair[0] = NF4_LEVELS[(byte >> 4) as usize] * scale;
+                        pair[1] = NF4_LEVELS[(byte & 0x0f) as usize] * scale;
+                    }
+                    if let [last] = pairs.into_remainder() {
+                        let byte = bytes[odd_at];
+                        *last = NF4_LEVELS[(byte >> 4) as usize] * scale;
+                    }
                 }
             });
     }
