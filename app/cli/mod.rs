@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "loft",
     version,
-    about = "Fine-tune Hugging Face language models with LoRA on your own workstation"
+    about = "Fine-tune Hugging Face language models with LoRA or QLoRA on your own workstation"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,7 +35,8 @@ enum Command {
     /// Check a dataset (.json/.jsonl) and, with --model, encode it as training will. Exit status: 0 usable,
     /// 1 errors, 2 cannot be read.
     Validate(data::ValidateArgs),
-    /// Train a LoRA adapter (or resume a run); the last line printed is the run folder.
+    /// Train a LoRA adapter, on a full-precision or a 4-bit (QLoRA) base, or resume a run; the last
+    /// line printed is the run folder.
     Train(Box<train::TrainArgs>),
     /// Measure training-step speed and peak memory on synthetic tokens (for scripts/bench_train.sh).
     #[command(hide = true)]

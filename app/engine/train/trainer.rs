@@ -220,7 +220,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 pub fn failure_of(reason: &str) -> TrainEvent {
     let lower = reason.to_lowercase();
     let advice = if lower.contains("out of memory") || lower.contains("alloc") {
-        "The model and batch do not fit in memory: lower the micro-batch size or max_seq_len (raise gradient accumulation to keep the effective batch), turn on gradient checkpointing, target fewer modules, or choose a smaller model."
+        "The model and batch do not fit in memory: lower the micro-batch size or max_seq_len (raise gradient accumulation to keep the effective batch), turn on gradient checkpointing, choose QLoRA (a 4-bit base), target fewer modules, or choose a smaller model."
     } else {
         "Check the message above; if it names a file, fix or replace that file and start again."
     };
