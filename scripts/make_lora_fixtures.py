@@ -10,9 +10,12 @@ For each case (a tiny model from tests/fixtures/tiny/, made by make_model_fixtur
 
 Then, for each adapter that Loft saved under tests/fixtures/lora/loft-saved/<name>/ (the Rust tests write them with
 LOFT_WRITE_FIXTURES=1), it loads the adapter with PeftModel.from_pretrained, fails on any missing or unexpected key,
-and records PEFT's logits for the same input ids as peft_logits.safetensors beside it.
+and records PEFT's logits for the same input ids as peft_logits.safetensors beside it. When the adapter's base is a
+bitsandbytes 4-bit folder (a QLoRA adapter), PEFT loads it twice — on the 4-bit base (bitsandbytes' exact CPU path)
+and on the same base dequantized to f32 (`model.dequantize()`) — and records both ("logits", "logits_dequantized").
 
-Usage: python scripts/make_lora_fixtures.py        (needs torch, transformers, peft, safetensors)
+Usage: python scripts/make_lora_fixtures.py        (needs torch, transformers, peft, safetensors; bitsandbytes for
+       QLoRA adapters)
 """
 import json
 import os
@@ -104,21 +107,38 @@ def check_loft_saved():
         with open(os.path.join(folder, "adapter_config.json")) as f:
             cfg = json.load(f)
         base_path = os.path.join(ROOT, "..", "..", cfg["base_model_name_or_path"])
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, folder)
-        # from_pretrained only warns about key mismatches: load again strictly and fail on any.
-        state = load_file(os.path.join(folder, "adapter_model.safetensors"))
-        result = set_peft_model_state_dict(model, state)
-        unexpected = list(getattr(result, "unexpected_keys", []) or [])
-        missing = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k]
-        if unexpected or missing:
-            sys.exit(f"{folder}: unexpected keys {unexpected}, missing keys {missing}")
-        model.eval()
+        with open(os.path.join(base_path, "config.json")) as f:
+            quantized = "quantization_config" in json.load(f)
         ids = torch.tensor(INPUT_IDS)
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits.float().contiguous()
-        save_file({"input_ids": ids.to(torch.int64), "logits": logits}, os.path.join(folder, "peft_logits.safetensors"))
-        print(f"lora/loft-saved/{name}: PEFT loaded it with no missing or unexpected keys")
+        out = {"input_ids": ids.to(torch.int64), "logits": peft_logits(folder, base_path, ids, dequantize=False)}
+        if quantized:
+            out["logits_dequantized"] = peft_logits(folder, base_path, ids, dequantize=True)
+        save_file(out, os.path.join(folder, "peft_logits.safetensors"))
+        print(f"lora/loft-saved/{name}: PEFT loaded it with no missing or unexpected keys"
+              + (" on the 4-bit and the dequantized base" if quantized else ""))
+
+
+def peft_logits(folder, base_path, ids, dequantize):
+    """PEFT's logits for the adapter in `folder` on the model in `base_path` (a bitsandbytes 4-bit folder loads
+    4-bit, or dequantized to f32 with `dequantize`), failing on any missing or unexpected adapter key."""
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    if dequantize:
+        base = base.dequantize()
+    for module in base.modules():
+        # bitsandbytes' AVX512-BF16 inference kernel rounds the absmax to bf16; take the exact path.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    model = PeftModel.from_pretrained(base, folder)
+    # from_pretrained only warns about key mismatches: load again strictly and fail on any.
+    state = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    missing = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k]
+    if unexpected or missing:
+        sys.exit(f"{folder}: unexpected keys {unexpected}, missing keys {missing}")
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float().contiguous()
 
 
 if __name__ == "__main__":

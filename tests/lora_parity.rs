@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use loft::engine::adapter::{self, peft_key};
-use loft::engine::model::Model;
+use loft::engine::model::{BaseFormat, LoadOptions, Model};
+use loft::engine::source::{self, ModelFiles};
 use loft::engine::train::loss::{causal_lm_loss, masked_lm_loss};
 
 const CASES: [(&str, &str); 3] = [
@@ -186,7 +187,7 @@ fn mismatched_adapters_are_refused_with_reasons() {
 fn loft_trained_adapter_matches_peft_on_the_same_files() {
     let saved = support::fixtures().join("lora/loft-saved/tiny-llama");
     if std::env::var("LOFT_WRITE_FIXTURES").is_ok_and(|v| v == "1") {
-        let changed = retrain_fixture_adapter(&saved);
+        let changed = retrain_fixture_adapter(&saved, "tests/fixtures/tiny/llama", tiny("llama"));
         assert!(
             changed.is_empty(),
             "LOFT_WRITE_FIXTURES=1 rewrote {changed:?} in {}: run scripts/make_lora_fixtures.py to record PEFT's logits for it, commit both, and run this test again",
@@ -208,14 +209,68 @@ fn loft_trained_adapter_matches_peft_on_the_same_files() {
     assert!(max_abs(&base, &peft["logits"]) > 1e-3);
 }
 
-/// Train the fixture adapter again (5 steps on the tiny llama) and write it into `saved`; returns the
-/// files whose bytes changed.
-fn retrain_fixture_adapter(saved: &Path) -> Vec<&'static str> {
+/// The tiny bitsandbytes 4-bit llama (tests/fixtures/qlora/tiny-llama-bnb4), with its linear layers
+/// held as `base` asks (NF4 as stored, or dequantized to dense f32).
+fn tiny_bnb(base: BaseFormat) -> Model {
+    let files =
+        ModelFiles::from_folder(&support::fixtures().join("qlora/tiny-llama-bnb4")).unwrap();
+    let options = LoadOptions {
+        base,
+        ..LoadOptions::default()
+    };
+    source::load(&files, &options).unwrap().model
+}
+
+/// A QLoRA adapter Loft trained on a bitsandbytes 4-bit base loads in PEFT on that 4-bit base and on
+/// the same base dequantized to f32 (scripts/make_lora_fixtures.py fails on any missing or unexpected
+/// key), and Loft gives PEFT's logits both ways. `LOFT_WRITE_FIXTURES=1` retrains it first, as above.
+#[test]
+fn loft_trained_qlora_adapter_matches_peft_on_the_4bit_and_the_dequantized_base() {
+    let saved = support::fixtures().join("lora/loft-saved/tiny-llama-qlora");
+    let nf4 = || tiny_bnb(BaseFormat::Nf4 { double_quant: true });
+    if std::env::var("LOFT_WRITE_FIXTURES").is_ok_and(|v| v == "1") {
+        let changed =
+            retrain_fixture_adapter(&saved, "tests/fixtures/qlora/tiny-llama-bnb4", nf4());
+        assert!(
+            changed.is_empty(),
+            "LOFT_WRITE_FIXTURES=1 rewrote {changed:?} in {}: run scripts/make_lora_fixtures.py to record PEFT's logits for it, commit both, and run this test again",
+            saved.display()
+        );
+    }
+    let peft = candle_core::safetensors::load(saved.join("peft_logits.safetensors"), &Device::Cpu)
+        .expect("peft_logits.safetensors: run scripts/make_lora_fixtures.py");
+    let ids = peft["input_ids"].to_dtype(DType::U32).unwrap();
+    for (mut model, key) in [
+        (nf4(), "logits"),
+        (tiny_bnb(BaseFormat::Dense), "logits_dequantized"),
+    ] {
+        adapter::load_peft(&mut model, &saved).unwrap();
+        let diff = max_abs(&model.forward(&ids, 0, None).unwrap(), &peft[key]);
+        assert!(
+            diff < 1e-4,
+            "{key}: PEFT's logits for Loft's QLoRA adapter differ from Loft's by {diff}"
+        );
+    }
+    let base = nf4().forward(&ids, 0, None).unwrap();
+    assert!(
+        max_abs(&base, &peft["logits"]) > 1e-3,
+        "the adapter changes the model"
+    );
+}
+
+/// Train a fixture adapter again (5 steps on `model`, the model at `model_path`) and write it into
+/// `saved`; returns the files whose bytes changed.
+fn retrain_fixture_adapter(saved: &Path, model_path: &str, model: Model) -> Vec<&'static str> {
     use loft::engine::data::Example;
     use loft::engine::train::run::{RunDir, RunSpec};
     use loft::engine::train::{TrainConfig, TrainJob};
     let runs = tempfile::tempdir().unwrap();
+    let quantized = model.linears().any(|l| l.weight.is_quantized());
     let config = TrainConfig {
+        method: match quantized {
+            true => loft::engine::train::Method::Qlora,
+            false => loft::engine::train::Method::Lora,
+        },
         lora: loft::engine::model::LoraConfig {
             r: 4,
             alpha: 8.0,
@@ -230,7 +285,7 @@ fn retrain_fixture_adapter(saved: &Path) -> Vec<&'static str> {
     };
     let spec = RunSpec {
         name: "fixture".into(),
-        model: "tests/fixtures/tiny/llama".into(),
+        model: model_path.into(),
         data: "toy".into(),
         data_sha256: String::new(),
         eval_data: None,
@@ -254,12 +309,12 @@ fn retrain_fixture_adapter(saved: &Path) -> Vec<&'static str> {
         })
         .collect();
     let job = TrainJob {
-        model: tiny("llama"),
+        model,
         train,
         eval: vec![],
         config,
         run,
-        base_model: "tests/fixtures/tiny/llama".into(),
+        base_model: model_path.into(),
         resume: false,
         pad_id: 0,
         quantization: Default::default(),
