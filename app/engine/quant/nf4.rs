@@ -426,6 +426,32 @@ fn multi_row_sum<const W: usize, const R: usize>(
 mod tests {
     use super::*;
 
+    /// torch 2.15's `x.mean()` (one thread) for vectors where an f64 mean rounded once is an ulp or
+    /// two away (values and results from Python; the fixtures' absmax vectors happen not to show it).
+    #[test]
+    fn torch_mean_follows_torch_summation_order() {
+        let values = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919) % 1000) as f64 / 997.0 * 0.05 + 0.001) as f32)
+                .collect()
+        };
+        for (n, torch_bits) in [
+            (13, 0x3cbb_c1e6u32),
+            (1728, 0x3cd5_4874),
+            (5184, 0x3cd5_5a75),
+            (40000, 0x3cd5_6721),
+        ] {
+            let v = values(n);
+            let f64_mean = (v.iter().map(|&x| x as f64).sum::<f64>() / n as f64) as f32;
+            assert_ne!(
+                f64_mean.to_bits(),
+                torch_bits,
+                "{n}: the case must tell them apart"
+            );
+            assert_eq!(torch_mean(&v).to_bits(), torch_bits, "{n} values");
+        }
+    }
+
     #[test]
     fn the_dynamic_map_is_sorted_signed_and_ends_at_one() {
         let map = dynamic_map();
