@@ -128,6 +128,31 @@ impl Weights {
         Ok(tensor.to_dtype(dtype)?.to_device(device)?)
     }
 
+    /// A stored tensor's bytes as they are in the file, with its dtype and shape: for packed formats
+    /// (bitsandbytes' 4-bit weights) whose bytes are not values of their declared dtype. `None` when
+    /// the tensor is absent or the weights are a GGUF file.
+    pub fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
+        let Store::Safetensors { files, routing } = &self.store else {
+            return None;
+        };
+        let (path, st) = &files[*routing.get(name)?];
+        let view = st.get(name).ok()?;
+        Some(RawTensor {
+            path,
+            dtype: view.dtype(),
+            shape: view.shape().to_vec(),
+            data: view.data(),
+        })
+    }
+
+    /// Every tensor name, in no particular order (empty for a GGUF file).
+    pub fn safetensors_names(&self) -> Vec<&str> {
+        match &self.store {
+            Store::Safetensors { routing, .. } => routing.keys().map(String::as_str).collect(),
+            Store::Gguf(_) => Vec::new(),
+        }
+    }
+
     /// The torch name of the dtype `name` is stored in ("bfloat16", "float16", "float32"): what a
     /// bitsandbytes quantizer records as the dtype it quantized from. A GGUF tensor is dequantized to
     /// f32, so it reports "float32".
@@ -146,7 +171,7 @@ impl Weights {
         }
     }
 
-    fn missing(&self, name: &str) -> ModelError {
+    pub fn missing(&self, name: &str) -> ModelError {
         let where_ = match &self.store {
             Store::Safetensors { files, .. } => files
                 .iter()
@@ -159,6 +184,15 @@ impl Weights {
             "tensor `{name}` is not in {where_}; the weights do not match config.json's architecture"
         ))
     }
+}
+
+/// A tensor as stored in a safetensors file, bytes untouched.
+pub struct RawTensor<'a> {
+    /// The file it is in, for messages.
+    pub path: &'a Path,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
 }
 
 /// candle wraps errors in context layers; users need the innermost reason.

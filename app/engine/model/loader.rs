@@ -9,7 +9,7 @@ use super::blocks::{Attention, AttentionCore, Layer, Mlp, RmsNorm};
 use super::{DropoutKey, Frozen, LoraLinear, Model};
 use crate::engine::arch::{Arch, Family, Rope};
 use crate::engine::error::Result;
-use crate::engine::quant::Nf4Matrix;
+use crate::engine::quant::{bnb, Nf4Matrix};
 use crate::engine::weights::Weights;
 
 #[derive(Debug, Clone)]
@@ -64,7 +64,18 @@ impl Model {
         let lm_head = if arch.tie_word_embeddings {
             LoraLinear::new("lm_head".into(), embed.clone(), None)
         } else {
-            loader.linear(&loader.lm_head_path(), h, vocab, false)?
+            // Only decoder linears are quantized: transformers + bitsandbytes keep `lm_head` in the
+            // compute dtype, and so does QLoRA here.
+            let dense = LoadOptions {
+                base: BaseFormat::Dense,
+                ..options.clone()
+            };
+            let head = Loader {
+                options: &dense,
+                prefix: loader.prefix.clone(),
+                ..loader
+            };
+            head.linear(&head.lm_head_path(), h, vocab, false)?
         };
         let inv = |rope: &Rope| Tensor::new(rope.inv_freq(arch.head_dim), &options.device);
         Ok(Model {
@@ -123,6 +134,18 @@ impl Loader<'_> {
 
     /// A decoder linear layer's frozen weight, held as `options.base` asks.
     fn frozen(&self, name: &str, out: usize, inp: usize) -> Result<Frozen> {
+        // Saved already quantized by bitsandbytes: kept as its own NF4 blocks to train on (the
+        // base is quantized already, whatever `Nf4`/`Source` asked), or dequantized once, into the
+        // compute dtype, for a dense base.
+        if let Some(stored) = bnb::read_nf4(self.weights, name, (out, inp))? {
+            return match self.options.base {
+                BaseFormat::Dense => Frozen::Nf4(Arc::new(stored))
+                    .to_dense(&self.options.device, self.options.dtype)
+                    .map(Frozen::Dense)
+                    .map_err(Into::into),
+                BaseFormat::Nf4 { .. } | BaseFormat::Source => Ok(Frozen::Nf4(Arc::new(stored))),
+            };
+        }
         match self.options.base {
             BaseFormat::Dense => Ok(Frozen::Dense(self.tensor(name, &[out, inp])?)),
             BaseFormat::Nf4 { double_quant } => {

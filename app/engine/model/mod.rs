@@ -77,6 +77,11 @@ impl Model {
         self.layers.iter().flat_map(|l| l.linears())
     }
 
+    /// The output projection (the embedding matrix when they are tied); always dense.
+    pub fn lm_head(&self) -> &LoraLinear {
+        &self.lm_head
+    }
+
     /// Set by the trainer before each micro-batch (`Some`), cleared for evaluation (`None`).
     pub fn dropout_key(&self) -> &DropoutKey {
         &self.dropout_key
