@@ -11,8 +11,8 @@ use loft::engine::chat::{ChatMessage, TemplateOrigin};
 use loft::engine::generate::{generate, Sampling};
 use loft::engine::gguf::GgufModel;
 use loft::engine::model::{BaseFormat, Frozen, LoadOptions};
-use loft::engine::ModelError;
 use loft::engine::source::{self, LoadedModel, ModelFiles, ModelSource};
+use loft::engine::ModelError;
 
 fn messages(prompt: &serde_json::Value) -> Vec<ChatMessage> {
     serde_json::from_value(prompt["messages"].clone()).unwrap()
@@ -176,7 +176,10 @@ fn gguf_source_blocks_give_the_dense_model() {
 
     let prompt = dense
         .template
-        .render(&[ChatMessage::new("user", "What is the capital of France?")], true)
+        .render(
+            &[ChatMessage::new("user", "What is the capital of France?")],
+            true,
+        )
         .unwrap();
     let ids = dense.tokenizer.encode(prompt.as_str(), false).unwrap();
     let input = Tensor::new(ids.get_ids(), &Device::Cpu)
