@@ -6,12 +6,13 @@ mod support;
 
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use loft::engine::chat::{ChatMessage, TemplateOrigin};
 use loft::engine::generate::{generate, Sampling};
 use loft::engine::gguf::GgufModel;
-use loft::engine::model::LoadOptions;
+use loft::engine::model::{BaseFormat, Frozen, LoadOptions};
 use loft::engine::source::{self, LoadedModel, ModelFiles, ModelSource};
+use loft::engine::ModelError;
 
 fn messages(prompt: &serde_json::Value) -> Vec<ChatMessage> {
     serde_json::from_value(prompt["messages"].clone()).unwrap()
@@ -130,6 +131,85 @@ fn hf_folder_matches_transformers() {
     let files = ModelFiles::from_folder(&folder).unwrap();
     let loaded = source::load(&files, &LoadOptions::default()).unwrap();
     check_against_transformers(&loaded, "hf folder");
+}
+
+/// `--quant source`: every decoder projection keeps the GGUF's own Q4_1 blocks (a fifth of its f32
+/// size, never a dense copy), their values are exactly those of the dense load (q/k rows back in
+/// Hugging Face's order), and the logits are the dense load's. Safetensors have no such blocks.
+#[test]
+fn gguf_source_blocks_give_the_dense_model() {
+    let gguf = support::smollm2_gguf();
+    let files = ModelFiles::from_gguf(&gguf).unwrap();
+    let dense = source::load(&files, &LoadOptions::default()).unwrap();
+    let blocks = source::load(
+        &files,
+        &LoadOptions {
+            base: BaseFormat::Source,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let (mut dense_bytes, mut block_bytes, mut count) = (0, 0, 0);
+    for (d, q) in dense.model.linears().zip(blocks.model.linears()) {
+        assert_eq!(d.path, q.path);
+        let Frozen::Ggml(m) = &q.weight else {
+            panic!("{} is not held in its GGUF blocks", q.path);
+        };
+        assert_eq!(m.dtype(), candle_core::quantized::GgmlDType::Q4_1);
+        let Frozen::Dense(w) = &d.weight else {
+            panic!("{} is not dense in the dense load", d.path);
+        };
+        let values = q.weight.to_dense(&Device::Cpu, DType::F32).unwrap();
+        assert_eq!(
+            support::max_abs_diff(&values, w),
+            0.0,
+            "{}: dequantized blocks differ from the dense load",
+            q.path
+        );
+        dense_bytes += d.weight.bytes();
+        block_bytes += q.weight.bytes();
+        count += 1;
+    }
+    assert_eq!(count, 30 * 7);
+    // Q4_1: 20 bytes per 32 weights, against 128 in f32.
+    assert_eq!(block_bytes * 128, dense_bytes * 20);
+
+    let prompt = dense
+        .template
+        .render(
+            &[ChatMessage::new("user", "What is the capital of France?")],
+            true,
+        )
+        .unwrap();
+    let ids = dense.tokenizer.encode(prompt.as_str(), false).unwrap();
+    let input = Tensor::new(ids.get_ids(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let want = dense.model.forward(&input, 0, None).unwrap();
+    let got = blocks.model.forward(&input, 0, None).unwrap();
+    let diff = support::max_abs_diff(&got, &want);
+    assert!(diff <= 1e-4, "logits differ by {diff}");
+
+    let folder = ModelFiles::from_folder(&support::smollm2_hf_folder()).unwrap();
+    let refused = source::load(
+        &folder,
+        &LoadOptions {
+            base: BaseFormat::Source,
+            ..LoadOptions::default()
+        },
+    );
+    match refused {
+        Err(e @ ModelError::InvalidInput { what: "quant", .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("not a GGUF file") && message.contains("--quant nf4"),
+                "{message}"
+            );
+        }
+        Err(other) => panic!("wrong refusal: {other}"),
+        Ok(_) => panic!("safetensors weights loaded with --quant source"),
+    }
 }
 
 /// Every tensor `get` returns (`None`: not stored, allowed only for the tied lm_head) matches the

@@ -279,6 +279,92 @@ fn qlora_training_measures_the_quantization_cost_and_lowers_eval_loss() {
     assert_eq!(config["peft_type"], "LORA");
 }
 
+/// QLoRA on the GGUF's own Q4_1 blocks (`--method qlora --quant source`): a short run lowers the
+/// held-out eval loss, and run.toml records the choice so a resume trains on the same base.
+#[test]
+fn qlora_on_the_gguf_blocks_lowers_eval_loss() {
+    let gguf = support::smollm2_gguf();
+    let runs = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = std::fs::read_to_string(sample_data())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (train_file, eval_file) = (
+        runs.path().join("train.jsonl"),
+        runs.path().join("eval.jsonl"),
+    );
+    std::fs::write(&train_file, rows[..16].join("\n")).unwrap();
+    std::fs::write(&eval_file, rows[rows.len() - 6..].join("\n")).unwrap();
+    let out = loft(&[
+        "train",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--data",
+        train_file.to_str().unwrap(),
+        "--eval-data",
+        eval_file.to_str().unwrap(),
+        "--out",
+        runs.path().to_str().unwrap(),
+        "--method",
+        "qlora",
+        "--quant",
+        "source",
+        "--max-steps",
+        "8",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "2e-3",
+        "--rank",
+        "8",
+        "--alpha",
+        "16",
+        "--max-seq-len",
+        "192",
+        "--truncate",
+        "--eval-every",
+        "8",
+        "--seed",
+        "7",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let run = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap(),
+    );
+    let evals: Vec<f64> = metrics(&run)
+        .iter()
+        .filter_map(|x| x["eval_loss"].as_f64())
+        .collect();
+    eprintln!("eval losses {evals:?}");
+    assert!(
+        stderr.contains("note: the base trains on the GGUF's own Q4_1 blocks"),
+        "{stderr}"
+    );
+    assert_eq!(evals.len(), 2, "base and final evaluations: {evals:?}");
+    // The base is SmolLM2 itself (a wrong dequantization would start near ln(49152) ≈ 10.8).
+    assert!(evals[0] < 4.0, "the base model's eval loss: {evals:?}");
+    assert!(
+        evals[1] < evals[0] * 0.95,
+        "eval loss should fall: {evals:?}"
+    );
+    let config: toml::Value =
+        toml::from_str(&std::fs::read_to_string(run.join("run.toml")).unwrap()).unwrap();
+    let train = &config["train"];
+    assert_eq!(
+        (train["method"].as_str(), train["quant"].as_str()),
+        (Some("qlora"), Some("source")),
+        "{config}"
+    );
+}
+
 #[test]
 fn a_killed_run_resumes_to_the_same_adapter() {
     assert_killed_run_resumes_to_the_same_adapter(&[]);

@@ -1,6 +1,7 @@
 //! A single .gguf file (what Ollama and LM Studio users already have): its architecture from the
 //! metadata, and its tensors dequantized and renamed to Hugging Face's layout, so that the rest of
-//! Loft (LoRA names, PEFT export) sees the same model a safetensors folder would give.
+//! Loft (LoRA names, PEFT export) sees the same model a safetensors folder would give; or, for a
+//! QLoRA base, a matrix's own quantized blocks.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,6 +15,7 @@ use serde_json::json;
 
 use super::arch::{Arch, Family, RopeScaling, SUPPORTED};
 use super::error::{ModelError, Result};
+use super::quant::ggml::{is_block_type, GgmlMatrix};
 use super::weights::root_message;
 
 pub struct GgufModel {
@@ -73,15 +75,39 @@ impl GgufModel {
 
     /// The tensor stored for `hf_name`, dequantized to f32 on the CPU, in Hugging Face's layout.
     pub fn tensor(&self, hf_name: &str) -> Result<Tensor> {
-        let name = self
-            .gguf_name(hf_name)
+        let name = self.stored_name(hf_name)?;
+        let raw = self.read_dequantized(&name)?;
+        self.to_hf_layout(hf_name, raw)
+    }
+
+    /// The blocks stored for the matrix `hf_name`, as llama.cpp runs them, without dequantizing; `None`
+    /// when it is stored as floats (f32/f16/bf16), which load dense.
+    pub fn blocks(&self, hf_name: &str) -> Result<Option<GgmlMatrix>> {
+        let name = self.stored_name(hf_name)?;
+        if !is_block_type(self.content.tensor_infos[&name].ggml_dtype) {
+            return Ok(None);
+        }
+        let mut reader = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let gguf_err = |e: candle_core::Error| ModelError::Gguf {
+            path: self.path.clone(),
+            message: format!("tensor `{name}`: {}", root_message(&e)),
+        };
+        let q = self
+            .content
+            .tensor(&mut *reader, &name, &Device::Cpu)
+            .map_err(gguf_err)?;
+        GgmlMatrix::new(q, self.permuted_heads(hf_name))
+            .map(Some)
+            .map_err(gguf_err)
+    }
+
+    fn stored_name(&self, hf_name: &str) -> Result<String> {
+        self.gguf_name(hf_name)
             .filter(|n| self.content.tensor_infos.contains_key(n))
             .ok_or_else(|| ModelError::Gguf {
                 path: self.path.clone(),
                 message: format!("no tensor for `{hf_name}` in this {} GGUF", self.gguf_arch),
-            })?;
-        let raw = self.read_dequantized(&name)?;
-        self.to_hf_layout(hf_name, raw)
+            })
     }
 
     fn read_dequantized(&self, name: &str) -> Result<Tensor> {
@@ -101,18 +127,28 @@ impl GgufModel {
     /// Gemma's norm weights stored as 1 + w.
     fn to_hf_layout(&self, hf_name: &str, t: Tensor) -> Result<Tensor> {
         let a = &self.arch;
-        if self.gguf_arch == "llama" {
-            if hf_name.contains("self_attn.q_proj.") {
-                return unpermute(&t, a.num_heads);
-            }
-            if hf_name.contains("self_attn.k_proj.") {
-                return unpermute(&t, a.num_kv_heads);
-            }
+        if let Some(heads) = self.permuted_heads(hf_name) {
+            return unpermute(&t, heads);
         }
         if a.norm_plus_one && hf_name.ends_with("norm.weight") {
             return Ok((t - 1.0)?);
         }
         Ok(t)
+    }
+
+    /// The head count llama.cpp permuted this tensor's rows with for its interleaved rope (a Llama's
+    /// q/k projections), if it did.
+    fn permuted_heads(&self, hf_name: &str) -> Option<usize> {
+        if self.gguf_arch != "llama" {
+            return None;
+        }
+        if hf_name.contains("self_attn.q_proj.") {
+            Some(self.arch.num_heads)
+        } else if hf_name.contains("self_attn.k_proj.") {
+            Some(self.arch.num_kv_heads)
+        } else {
+            None
+        }
     }
 
     fn gguf_name(&self, hf_name: &str) -> Option<String> {

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::error::{ModelError, Result};
 use super::gguf::GgufModel;
+use super::quant::GgmlMatrix;
 
 pub struct Weights {
     store: Store,
@@ -151,6 +152,36 @@ impl Weights {
             Store::Safetensors { routing, .. } => routing.keys().map(String::as_str).collect(),
             Store::Gguf(_) => Vec::new(),
         }
+    /// The GGUF matrix `name`'s own quantized blocks (`--quant source`), checked against the shape the
+    /// model expects; `None` when it is stored as floats, which load dense. Safetensors weights have
+    /// no such blocks: the error says to quantize them to NF4 instead.
+    pub fn gguf_blocks(&self, name: &str, shape: (usize, usize)) -> Result<Option<GgmlMatrix>> {
+        let gguf = match &self.store {
+            Store::Gguf(g) => g,
+            Store::Safetensors { files, .. } => {
+                let first = files.first().map(|(p, _)| p.display().to_string());
+                return Err(ModelError::invalid_input(
+                    "quant",
+                    format!(
+                        "quant \"source\" trains on a GGUF file's own quantized blocks, and {} is not a GGUF file; use --quant nf4 (quant = \"nf4\" in run.toml) to train this model in 4 bits",
+                        first.unwrap_or_else(|| "this model".into())
+                    ),
+                ));
+            }
+        };
+        let blocks = gguf.blocks(name)?;
+        if let Some(m) = &blocks {
+            if m.shape != shape {
+                return Err(ModelError::Gguf {
+                    path: gguf.path().to_path_buf(),
+                    message: format!(
+                        "tensor `{name}` has shape {:?} but the metadata implies {shape:?}; the file is inconsistent: download it again",
+                        m.shape
+                    ),
+                });
+            }
+        }
+        Ok(blocks)
     }
 
     /// The torch name of the dtype `name` is stored in ("bfloat16", "float16", "float32"): what a

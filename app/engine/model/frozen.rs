@@ -1,4 +1,5 @@
-//! The frozen base weight of a linear layer: a dense tensor (LoRA) or 4-bit NF4 blocks (QLoRA).
+//! The frozen base weight of a linear layer: a dense tensor (LoRA), 4-bit NF4 blocks (QLoRA), or a GGUF
+//! model's own quantized blocks (QLoRA against what llama.cpp runs).
 //!
 //! A quantized base is never held dense as a whole: each product dequantizes its own matrix into a
 //! scratch buffer that is reused from layer to layer, in the forward pass and again for the input's
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::cpu_ops::f32_slice;
-use crate::engine::quant::Nf4Matrix;
+use crate::engine::quant::{GgmlMatrix, Nf4Matrix};
 
 #[derive(Debug, Clone)]
 pub enum Frozen {
@@ -18,6 +19,9 @@ pub enum Frozen {
     Dense(Tensor),
     /// NF4 blocks with their (double-quantized) absmax, dequantized right before each product.
     Nf4(Arc<Nf4Matrix>),
+    /// A GGUF tensor's own blocks (Q4_0, Q4_1, Q8_0, k-quants…), dequantized right before each
+    /// product.
+    Ggml(Arc<GgmlMatrix>),
 }
 
 impl Frozen {
@@ -29,6 +33,7 @@ impl Frozen {
                 (d[0], d[1])
             }
             Frozen::Nf4(q) => q.shape,
+            Frozen::Ggml(q) => q.shape,
         }
     }
 
@@ -41,10 +46,11 @@ impl Frozen {
         match self {
             Frozen::Dense(w) => (w.elem_count() * w.dtype().size_in_bytes()) as u64,
             Frozen::Nf4(q) => q.bytes(),
+            Frozen::Ggml(q) => q.bytes(),
         }
     }
 
-    /// The weight as a dense `out × in` tensor in `dtype` on `device` (a new tensor for NF4): for the
+    /// The weight as a dense `out × in` tensor in `dtype` on `device` (a new tensor when quantized): for the
     /// paths that are not the CPU's f32 training ops, and for exporting a merged model.
     pub fn to_dense(&self, device: &Device, dtype: DType) -> Result<Tensor> {
         match self {
@@ -52,19 +58,23 @@ impl Frozen {
             Frozen::Nf4(q) => Tensor::from_vec(q.dequantize(), q.shape, &Device::Cpu)?
                 .to_dtype(dtype)?
                 .to_device(device),
+            Frozen::Ggml(q) => Tensor::from_vec(q.dequantize()?, q.shape, &Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device),
         }
     }
 
-    /// Whether [`Self::with_cpu_f32`] can serve this weight: f32 on the CPU, or NF4.
+    /// Whether [`Self::with_cpu_f32`] can serve this weight: f32 on the CPU, or quantized.
     pub fn has_cpu_f32(&self) -> bool {
         match self {
             Frozen::Dense(w) => w.device().is_cpu() && w.dtype() == DType::F32,
-            Frozen::Nf4(_) => true,
+            Frozen::Nf4(_) | Frozen::Ggml(_) => true,
         }
     }
 
     /// Run `f` on the weight's f32 values, row-major `out × in`: a dense f32 CPU weight is lent as it
-    /// is; an NF4 one is dequantized into a pooled scratch buffer first, which returns to the pool after.
+    /// is; a quantized one is dequantized into a pooled scratch buffer first, which returns to the pool
+    /// after.
     pub fn with_cpu_f32<R>(&self, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
         match self {
             Frozen::Dense(w) => {
@@ -74,6 +84,11 @@ impl Frozen {
             Frozen::Nf4(q) => {
                 let mut buffer = Scratch::take(q.len());
                 q.dequantize_into(&mut buffer.0);
+                f(&buffer.0)
+            }
+            Frozen::Ggml(q) => {
+                let mut buffer = Scratch::take(q.len());
+                q.dequantize_into(&mut buffer.0)?;
                 f(&buffer.0)
             }
         }
@@ -112,13 +127,15 @@ impl Drop for Scratch {
 pub fn frozen_product(x: &Tensor, weight: &Frozen) -> Result<Tensor> {
     match weight {
         Frozen::Dense(w) => super::ops::frozen_matmul(x, w),
-        Frozen::Nf4(_) if super::cpu_ops::applies(x) => {
+        Frozen::Nf4(_) | Frozen::Ggml(_) if super::cpu_ops::applies(x) => {
             x.contiguous()?.apply_op1(QuantizedMatmul {
                 weight: weight.clone(),
             })
         }
         // Other devices and dtypes multiply by a dense copy, which the backward pass keeps.
-        Frozen::Nf4(_) => super::ops::frozen_matmul(x, &weight.to_dense(x.device(), x.dtype())?),
+        Frozen::Nf4(_) | Frozen::Ggml(_) => {
+            super::ops::frozen_matmul(x, &weight.to_dense(x.device(), x.dtype())?)
+        }
     }
 }
 
@@ -192,23 +209,14 @@ mod tests {
     use candle_core::Var;
 
     /// The quantized product gives the same output and input gradient as a dense product with the
-    /// dequantized weight, including a shape that is not a multiple of the block.
-    #[test]
-    fn quantized_product_matches_the_dense_one() {
+    /// dequantized weight.
+    fn assert_matches_dense_product(q: &Frozen, rows: usize) {
         let device = Device::Cpu;
-        let (rows, inp, out) = (5, 70, 9);
-        let w = Tensor::randn(0f32, 1.0, (out, inp), &device).unwrap();
-        let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let q = Frozen::Nf4(Arc::new(Nf4Matrix::quantize(
-            &values,
-            (out, inp),
-            "float32",
-            true,
-        )));
+        let (out, inp) = q.dims();
         let dense = q.to_dense(&device, DType::F32).unwrap();
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, inp), &device).unwrap()).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (rows, out), &device).unwrap();
-        let y1 = frozen_product(x.as_tensor(), &q).unwrap();
+        let y1 = frozen_product(x.as_tensor(), q).unwrap();
         let y2 = x.as_tensor().matmul(&dense.t().unwrap()).unwrap();
         assert!(max_abs_diff(&y1, &y2) < 1e-5);
         let g1 = (y1 * &probe)
@@ -228,5 +236,32 @@ mod tests {
             g2.get(x.as_tensor()).unwrap(),
         );
         assert!(d < 1e-5, "input gradient differs by {d}");
+    }
+
+    /// NF4, including a shape that is not a multiple of the block.
+    #[test]
+    fn nf4_product_matches_the_dense_one() {
+        let (inp, out) = (70, 9);
+        let w = Tensor::randn(0f32, 1.0, (out, inp), &Device::Cpu).unwrap();
+        let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let q = Frozen::Nf4(Arc::new(Nf4Matrix::quantize(
+            &values,
+            (out, inp),
+            "float32",
+            true,
+        )));
+        assert_matches_dense_product(&q, 5);
+    }
+
+    /// A GGUF model's own blocks, a legacy and a k-quant type, with rows in llama.cpp's rope order.
+    #[test]
+    fn ggml_product_matches_the_dense_one() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        for (dtype, heads) in [(GgmlDType::Q4_1, None), (GgmlDType::Q4K, Some(2))] {
+            let w = Tensor::randn(0f32, 1.0, (12, 256), &Device::Cpu).unwrap();
+            let blocks = QTensor::quantize(&w, dtype).unwrap();
+            let q = Frozen::Ggml(Arc::new(GgmlMatrix::new(blocks, heads).unwrap()));
+            assert_matches_dense_product(&q, 5);
+        }
     }
 }

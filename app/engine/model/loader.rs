@@ -164,10 +164,11 @@ impl Loader<'_> {
                     double_quant,
                 ))))
             }
-            BaseFormat::Source => Err(crate::engine::ModelError::invalid_input(
-                "quant",
-                "training on a GGUF model's own quantized blocks is not available yet; use quant = \"nf4\"",
-            )),
+            // A GGUF's own blocks; its float-stored matrices stay dense.
+            BaseFormat::Source => match self.weights.gguf_blocks(name, (out, inp))? {
+                Some(blocks) => Ok(Frozen::Ggml(Arc::new(blocks))),
+                None => Ok(Frozen::Dense(self.tensor(name, &[out, inp])?)),
+            },
         }
     }
 

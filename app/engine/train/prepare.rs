@@ -146,10 +146,16 @@ fn quantization_plan(
     device: &candle_core::Device,
 ) -> Result<(BaseFormat, QuantizationPlan)> {
     let base = config.base_format();
-    if config.method != Method::Qlora || config.quant != QuantSource::Nf4 || resume {
+    if config.method != Method::Qlora || resume {
         return Ok((base, QuantizationPlan::Nothing));
     }
     let info = source::inspect(files)?;
+    if config.quant == QuantSource::Source {
+        let blocks = info.dtype.as_deref().unwrap_or("quantized");
+        return Ok((base, QuantizationPlan::NotMeasured(format!(
+            "the base trains on the GGUF's own {blocks} blocks, the weights llama.cpp runs; there is no full-precision base in this file to measure a quantization cost against"
+        ))));
+    }
     let not_measured = |why: String| Ok((base, QuantizationPlan::NotMeasured(why)));
     if info.arch.quantization.is_some() {
         return not_measured("the model was published already quantized to 4 bits, so there is no full-precision base to measure the quantization cost against".into());
