@@ -152,6 +152,8 @@ impl Weights {
             Store::Safetensors { routing, .. } => routing.keys().map(String::as_str).collect(),
             Store::Gguf(_) => Vec::new(),
         }
+    }
+
     /// The GGUF matrix `name`'s own quantized blocks (`--quant source`), checked against the shape the
     /// model expects; `None` when it is stored as floats, which load dense. Safetensors weights have
     /// no such blocks: the error says to quantize them to NF4 instead.
