@@ -148,7 +148,11 @@ impl Nf4Matrix {
                 for (k, v) in chunk.iter_mut().enumerate() {
                     let i = start + k;
                     let byte = self.packed[i / 2];
-                    let code = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
+                    let code = if i.is_multiple_of(2) {
+                        byte >> 4
+                    } else {
+                        byte & 0x0f
+                    };
                     *v = NF4_LEVELS[code as usize] * scale;
                 }
             });
