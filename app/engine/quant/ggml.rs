@@ -142,7 +142,9 @@ pub fn is_block_type(dtype: GgmlDType) -> bool {
 /// The blocks of a CPU `QTensor` of type `T`, borrowed from its storage.
 fn blocks_of<T: GgmlType>(data: &[u8]) -> candle_core::Result<&[T]> {
     let size = std::mem::size_of::<T>();
-    if data.len() % size != 0 || data.as_ptr().align_offset(std::mem::align_of::<T>()) != 0 {
+    if !data.len().is_multiple_of(size)
+        || data.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
+    {
         candle_core::bail!("{:?} blocks are not laid out as expected", T::DTYPE);
     }
     // SAFETY: a CPU QTensor of dtype `T::DTYPE` stores a `Vec<T>` (candle's `GgmlDType::from_data` /
