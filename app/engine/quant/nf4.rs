@@ -142,7 +142,7 @@ impl Nf4Matrix {
         // Blocks hold an even number of values, so each starts on a byte boundary and a byte's two
         // codes share a scale. Tasks of many blocks keep rayon's overhead small.
         let block = self.block;
-        debug_assert!(block % 2 == 0);
+        debug_assert!(block.is_multiple_of(2));
         const BLOCKS_PER_TASK: usize = 256;
         out.par_chunks_mut(block * BLOCKS_PER_TASK)
             .enumerate()
