@@ -412,3 +412,73 @@ fn smollm2_quantized_by_loft_is_bitsandbytes_and_answers_the_same() {
         "greedy answer differs from transformers + bitsandbytes ({same}/32 equal)"
     );
 }
+
+// ------------------------------------------------------------------------------------------ the CLI
+
+fn loft(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_loft"))
+        .args(args)
+        .env(
+            "HF_HUB_CACHE",
+            support::model_cache().join("empty-hf-cache"),
+        )
+        .env_remove("HF_HOME")
+        .output()
+        .expect("run loft")
+}
+
+/// `loft generate` on the bitsandbytes folder answers what transformers + bitsandbytes answered.
+#[test]
+fn generate_on_a_bnb_folder_gives_transformers_greedy_answer() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_dir().join("generate.json")).unwrap())
+            .unwrap();
+    let prompt = expected["messages"][0]["content"].as_str().unwrap();
+    let out = loft(&[
+        "generate",
+        "--model",
+        tiny_dir().to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "16",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        expected["greedy_text"].as_str().unwrap().trim()
+    );
+}
+
+/// `loft inspect` names the quantization, its cost per weight and the size on disk.
+#[test]
+fn inspect_names_the_bnb_quantization() {
+    let out = loft(&["inspect", "--model", tiny_dir().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("quantization  bitsandbytes 4-bit NF4 with double quantization: 14 linear layers, 74304 weights at"),
+        "{text}"
+    );
+    assert!(text.contains("size on disk  354.0 KiB"), "{text}");
+    let out = loft(&["inspect", "--model", tiny_dir().to_str().unwrap(), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let q = &info["stored_quantization"];
+    assert_eq!(q["quant_type"], "nf4");
+    assert_eq!(q["double_quant"], true);
+    assert_eq!(q["quantized_weights"], 74304);
+    // Everything stored for the 4-bit layers: packed codes, absmax, maps, state (a layer's 1 KiB
+    // dynamic map weighs a lot in layers this small: 6 bits per weight, 4.147 for SmolLM2).
+    let linear_bytes: usize = raw_tensors(&tiny_dir().join("model.safetensors"))
+        .iter()
+        .filter(|(name, ..)| name.contains("_proj.weight"))
+        .map(|(.., data)| data.len())
+        .sum();
+    assert_eq!(q["quantized_bytes"], linear_bytes as u64);
+    assert_eq!(info["arch"]["quantization"]["bits"], 4);
+}
