@@ -86,6 +86,7 @@ fn bnb_checkpoint_loads_as_nf4_and_gives_transformers_logits() {
         assert_eq!(linears, 14);
         let logits = model.forward(&ids, 0, None).unwrap();
         let diff = support::max_abs_diff(&logits, &expected["logits"]);
+        println!("{base:?}: max |Δlogit| against transformers + bitsandbytes {diff:e}");
         assert!(
             diff < 1e-4,
             "{base:?}: logits differ from transformers + bitsandbytes by {diff}"
@@ -116,8 +117,9 @@ fn expected_lora() -> HashMap<String, Tensor> {
 }
 
 /// QLoRA against PEFT + bitsandbytes: the adapter PEFT made on the bitsandbytes model, attached to
-/// the same checkpoint loaded as NF4. Tolerances: logits 1e-4 absolute, loss 1e-5, each gradient
-/// 1e-4 of its largest entry (f32 sums in another order; bitsandbytes' dequantized weight is exact).
+/// the same checkpoint loaded as NF4. Tolerances: logits 2e-5 absolute, loss 1e-5, each gradient
+/// 2e-5 of its largest entry (measured: 3.1e-6, 1e-6, 1.7e-6: f32 sums in another order, while the
+/// dequantized weights are bitsandbytes' to the bit).
 #[test]
 fn qlora_on_the_bnb_checkpoint_gives_peft_logits_loss_and_gradients() {
     let mut model = load_tiny(NF4_DQ);
@@ -137,15 +139,18 @@ fn qlora_on_the_bnb_checkpoint_gives_peft_logits_loss_and_gradients() {
         .unwrap();
     let logits = model.forward(&ids, 0, None).unwrap();
     let diff = support::max_abs_diff(&logits, &exp["logits"]);
-    assert!(diff < 1e-4, "logits differ from PEFT's by {diff}");
+    println!("max |Δlogit| against PEFT {diff:e}");
+    assert!(diff < 2e-5, "logits differ from PEFT's by {diff}");
     let (loss, _) = causal_lm_loss(&logits, &ids, &mask).unwrap();
     let (got, want) = (
         loss.to_scalar::<f32>().unwrap(),
         exp["loss"].to_vec1::<f32>().unwrap()[0],
     );
     assert!((got - want).abs() < 1e-5, "loss {got} vs PEFT's {want}");
+    println!("loss {got} vs PEFT's {want}");
     let grads = loss.backward().unwrap();
     let mut checked = 0;
+    let mut worst = 0f32;
     for (path, ad) in model.adapters() {
         for (matrix, var) in [("A", &ad.a), ("B", &ad.b)] {
             let key = peft_key(path, matrix);
@@ -163,14 +168,16 @@ fn qlora_on_the_bnb_checkpoint_gives_peft_logits_loss_and_gradients() {
                 .to_scalar()
                 .unwrap();
             let diff = support::max_abs_diff(got, want);
+            worst = worst.max(diff / scale);
             assert!(
-                diff <= 1e-4 * scale,
+                diff <= 2e-5 * scale,
                 "gradient of {key} differs by {diff} (largest {scale})"
             );
             checked += 1;
         }
     }
     assert_eq!(checked, 28, "every PEFT gradient has a Loft twin");
+    println!("largest gradient difference relative to the gradient's largest entry: {worst:e}");
     for linear in model.linears() {
         let Frozen::Nf4(_) = &linear.weight else {
             panic!("{} is not NF4", linear.path)
@@ -225,6 +232,26 @@ fn load_damaged(change: impl FnOnce(&mut RawTensors)) -> String {
 }
 
 const Q_PROJ: &str = "model.layers.0.self_attn.q_proj.weight";
+
+/// `bnb_4bit_quant_storage=bfloat16` stores the same packed bytes viewed as bf16: read as bytes.
+#[test]
+fn packed_codes_stored_as_another_dtype_read_the_same() {
+    let tmp = support::copy_to_temp(&tiny_dir());
+    let file = tmp.path().join("model.safetensors");
+    let mut tensors = raw_tensors(&file);
+    for t in tensors.iter_mut().filter(|t| t.0.ends_with("_proj.weight")) {
+        t.1 = safetensors::Dtype::BF16;
+        t.2 = vec![t.3.len() / 2, 1];
+    }
+    write_raw(&file, &tensors);
+    let ids = Tensor::new(&[[1u32, 17, 200, 45, 99]], &Device::Cpu).unwrap();
+    let stored_as_bf16 = load_folder(tmp.path(), NF4_DQ).unwrap();
+    let diff = support::max_abs_diff(
+        &stored_as_bf16.forward(&ids, 0, None).unwrap(),
+        &load_tiny(NF4_DQ).forward(&ids, 0, None).unwrap(),
+    );
+    assert_eq!(diff, 0.0);
+}
 
 fn find<'a>(
     t: &'a mut RawTensors,
