@@ -86,6 +86,7 @@ fn bnb_checkpoint_loads_as_nf4_and_gives_transformers_logits() {
         assert_eq!(linears, 14);
         let logits = model.forward(&ids, 0, None).unwrap();
         let diff = support::max_abs_diff(&logits, &expected["logits"]);
+        println!("{base:?}: max |Δlogit| against transformers + bitsandbytes {diff:e}");
         assert!(
             diff < 1e-4,
             "{base:?}: logits differ from transformers + bitsandbytes by {diff}"
@@ -116,8 +117,9 @@ fn expected_lora() -> HashMap<String, Tensor> {
 }
 
 /// QLoRA against PEFT + bitsandbytes: the adapter PEFT made on the bitsandbytes model, attached to
-/// the same checkpoint loaded as NF4. Tolerances: logits 1e-4 absolute, loss 1e-5, each gradient
-/// 1e-4 of its largest entry (f32 sums in another order; bitsandbytes' dequantized weight is exact).
+/// the same checkpoint loaded as NF4. Tolerances: logits 2e-5 absolute, loss 1e-5, each gradient
+/// 2e-5 of its largest entry (measured: 3.1e-6, 1e-6, 1.7e-6: f32 sums in another order, while the
+/// dequantized weights are bitsandbytes' to the bit).
 #[test]
 fn qlora_on_the_bnb_checkpoint_gives_peft_logits_loss_and_gradients() {
     let mut model = load_tiny(NF4_DQ);
@@ -137,15 +139,18 @@ fn qlora_on_the_bnb_checkpoint_gives_peft_logits_loss_and_gradients() {
         .unwrap();
     let logits = model.forward(&ids, 0, None).unwrap();
     let diff = support::max_abs_diff(&logits, &exp["logits"]);
-    assert!(diff < 1e-4, "logits differ from PEFT's by {diff}");
+    println!("max |Δlogit| against PEFT {diff:e}");
+    assert!(diff < 2e-5, "logits differ from PEFT's by {diff}");
     let (loss, _) = causal_lm_loss(&logits, &ids, &mask).unwrap();
     let (got, want) = (
         loss.to_scalar::<f32>().unwrap(),
         exp["loss"].to_vec1::<f32>().unwrap()[0],
     );
     assert!((got - want).abs() < 1e-5, "loss {got} vs PEFT's {want}");
+    println!("loss {got} vs PEFT's {want}");
     let grads = loss.backward().unwrap();
     let mut checked = 0;
+    let mut worst = 0f32;
     for (path, ad) in model.adapters() {
         for (matrix, var) in [("A", &ad.a), ("B", &ad.b)] {
             let key = peft_key(path, matrix);
@@ -163,14 +168,16 @@ fn qlora_on_the_bnb_checkpoint_gives_peft_logits_loss_and_gradients() {
                 .to_scalar()
                 .unwrap();
             let diff = support::max_abs_diff(got, want);
+            worst = worst.max(diff / scale);
             assert!(
-                diff <= 1e-4 * scale,
+                diff <= 2e-5 * scale,
                 "gradient of {key} differs by {diff} (largest {scale})"
             );
             checked += 1;
         }
     }
     assert_eq!(checked, 28, "every PEFT gradient has a Loft twin");
+    println!("largest gradient difference relative to the gradient's largest entry: {worst:e}");
     for linear in model.linears() {
         let Frozen::Nf4(_) = &linear.weight else {
             panic!("{} is not NF4", linear.path)
@@ -225,6 +232,26 @@ fn load_damaged(change: impl FnOnce(&mut RawTensors)) -> String {
 }
 
 const Q_PROJ: &str = "model.layers.0.self_attn.q_proj.weight";
+
+/// `bnb_4bit_quant_storage=bfloat16` stores the same packed bytes viewed as bf16: read as bytes.
+#[test]
+fn packed_codes_stored_as_another_dtype_read_the_same() {
+    let tmp = support::copy_to_temp(&tiny_dir());
+    let file = tmp.path().join("model.safetensors");
+    let mut tensors = raw_tensors(&file);
+    for t in tensors.iter_mut().filter(|t| t.0.ends_with("_proj.weight")) {
+        t.1 = safetensors::Dtype::BF16;
+        t.2 = vec![t.3.len() / 2, 1];
+    }
+    write_raw(&file, &tensors);
+    let ids = Tensor::new(&[[1u32, 17, 200, 45, 99]], &Device::Cpu).unwrap();
+    let stored_as_bf16 = load_folder(tmp.path(), NF4_DQ).unwrap();
+    let diff = support::max_abs_diff(
+        &stored_as_bf16.forward(&ids, 0, None).unwrap(),
+        &load_tiny(NF4_DQ).forward(&ids, 0, None).unwrap(),
+    );
+    assert_eq!(diff, 0.0);
+}
 
 fn find<'a>(
     t: &'a mut RawTensors,
@@ -411,4 +438,74 @@ fn smollm2_quantized_by_loft_is_bitsandbytes_and_answers_the_same() {
         out.tokens, want,
         "greedy answer differs from transformers + bitsandbytes ({same}/32 equal)"
     );
+}
+
+// ------------------------------------------------------------------------------------------ the CLI
+
+fn loft(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_loft"))
+        .args(args)
+        .env(
+            "HF_HUB_CACHE",
+            support::model_cache().join("empty-hf-cache"),
+        )
+        .env_remove("HF_HOME")
+        .output()
+        .expect("run loft")
+}
+
+/// `loft generate` on the bitsandbytes folder answers what transformers + bitsandbytes answered.
+#[test]
+fn generate_on_a_bnb_folder_gives_transformers_greedy_answer() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_dir().join("generate.json")).unwrap())
+            .unwrap();
+    let prompt = expected["messages"][0]["content"].as_str().unwrap();
+    let out = loft(&[
+        "generate",
+        "--model",
+        tiny_dir().to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "16",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        expected["greedy_text"].as_str().unwrap().trim()
+    );
+}
+
+/// `loft inspect` names the quantization, its cost per weight and the size on disk.
+#[test]
+fn inspect_names_the_bnb_quantization() {
+    let out = loft(&["inspect", "--model", tiny_dir().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("quantization  bitsandbytes 4-bit NF4 with double quantization: 14 linear layers, 74304 weights at"),
+        "{text}"
+    );
+    assert!(text.contains("size on disk  354.0 KiB"), "{text}");
+    let out = loft(&["inspect", "--model", tiny_dir().to_str().unwrap(), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let q = &info["stored_quantization"];
+    assert_eq!(q["quant_type"], "nf4");
+    assert_eq!(q["double_quant"], true);
+    assert_eq!(q["quantized_weights"], 74304);
+    // Everything stored for the 4-bit layers: packed codes, absmax, maps, state (a layer's 1 KiB
+    // dynamic map weighs a lot in layers this small: 6 bits per weight, 4.147 for SmolLM2).
+    let linear_bytes: usize = raw_tensors(&tiny_dir().join("model.safetensors"))
+        .iter()
+        .filter(|(name, ..)| name.contains("_proj.weight"))
+        .map(|(.., data)| data.len())
+        .sum();
+    assert_eq!(q["quantized_bytes"], linear_bytes as u64);
+    assert_eq!(info["arch"]["quantization"]["bits"], 4);
 }

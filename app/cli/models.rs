@@ -93,6 +93,10 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         "dtype         {}",
         info.dtype.as_deref().unwrap_or("unknown")
     );
+    if let Some(q) = info.quantization_summary() {
+        println!("quantization  {q}");
+    }
+    println!("size on disk  {}", units::bytes(info.size_on_disk));
     println!("context       {} tokens", info.context_length);
     println!("vocabulary    {} tokens", info.vocab_size);
     println!(

@@ -14,7 +14,9 @@ use super::error::{read_json, ModelError, Result};
 use super::gguf::GgufModel;
 use super::hub::{self, DownloadEvent, HubOptions};
 use super::model::{LoadOptions, Model};
+use super::quant::bnb::{self, StoredQuantization};
 use super::tokenizer;
+use super::units;
 use super::weights::{refuse_pickle, safetensors_files, Weights};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +194,40 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     pub dtype: Option<String>,
     pub chat_template: TemplateOrigin,
+    /// Bytes of the weight files.
+    pub size_on_disk: u64,
+    /// For a checkpoint saved already quantized by bitsandbytes: what its tensors hold.
+    pub stored_quantization: Option<StoredQuantization>,
+}
+
+impl ModelInfo {
+    /// How the checkpoint is quantized, in words, when it is: e.g. "bitsandbytes 4-bit NF4 with
+    /// double quantization: 210 linear layers, 106.2 M weights at 4.147 bits each (55.0 MB)".
+    pub fn quantization_summary(&self) -> Option<String> {
+        if let Some(s) = &self.stored_quantization {
+            return Some(format!(
+                "bitsandbytes 4-bit {}{}: {} linear layers, {} weights at {:.3} bits each ({})",
+                s.quant_type.to_uppercase(),
+                if s.double_quant {
+                    " with double quantization"
+                } else {
+                    ""
+                },
+                s.quantized_linears,
+                s.quantized_weights,
+                s.bits_per_weight(),
+                units::bytes(s.quantized_bytes),
+            ));
+        }
+        let q = self.arch.quantization.as_ref()?;
+        Some(match q.bits {
+            0 => format!("{} (config.json's quantization_config)", q.method),
+            bits => format!(
+                "{} {bits}-bit (config.json's quantization_config)",
+                q.method
+            ),
+        })
+    }
 }
 
 pub fn inspect(files: &ModelFiles) -> Result<ModelInfo> {
@@ -210,7 +246,24 @@ pub fn inspect(files: &ModelFiles) -> Result<ModelInfo> {
             )?,
         ),
     };
+    let paths = match &files.weights {
+        WeightFiles::Gguf(path) => vec![path.clone()],
+        WeightFiles::Safetensors(paths) => paths.clone(),
+    };
+    let size_on_disk = paths
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    // Only a checkpoint that says it is quantized is scanned; which layers are is read per tensor.
+    let stored_quantization = match (&files.weights, &arch.quantization) {
+        (WeightFiles::Safetensors(paths), Some(_)) => {
+            bnb::stored_quantization(&Weights::open_safetensors(paths)?)
+        }
+        _ => None,
+    };
     Ok(ModelInfo {
+        size_on_disk,
+        stored_quantization,
         parameters: arch.parameter_count(),
         context_length: arch.max_position_embeddings,
         vocab_size: arch.vocab_size,

@@ -448,6 +448,14 @@ impl ModelPage {
             ui.label("Stored as");
             ui.label(info.dtype.clone().unwrap_or_else(|| "?".into()));
             ui.end_row();
+            if let Some(q) = info.quantization_summary() {
+                ui.label("Quantization");
+                ui.label(q);
+                ui.end_row();
+            }
+            ui.label("Size on disk");
+            ui.label(crate::engine::units::bytes(info.size_on_disk));
+            ui.end_row();
         });
         match memory {
             None => {

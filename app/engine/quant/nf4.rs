@@ -400,19 +400,21 @@ fn multi_row_sum<const W: usize, const R: usize>(
     let level_mask = level_step - 1;
     let mut acc = [[[0f32; W]; R]; LEVELS];
     let add = |acc: &mut [f32; W], x: &[f32; W]| acc.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+    let add_row = |level: &mut [[f32; W]; R], i: usize| {
+        for (k, a) in level.iter_mut().enumerate() {
+            add(a, &load(i, k));
+        }
+    };
     let mut i = 0;
     while i + level_step <= rows {
         for _ in 0..level_step {
-            for k in 0..R {
-                add(&mut acc[0][k], &load(i, k));
-            }
+            add_row(&mut acc[0], i);
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..R {
-                let lower = acc[j - 1][k];
-                add(&mut acc[j][k], &lower);
-                acc[j - 1][k] = [0.0; W];
+            let lower = std::mem::replace(&mut acc[j - 1], [[0.0; W]; R]);
+            for (a, l) in acc[j].iter_mut().zip(&lower) {
+                add(a, l);
             }
             if i & (level_mask << (j * level_power)) != 0 {
                 break;
@@ -420,15 +422,13 @@ fn multi_row_sum<const W: usize, const R: usize>(
         }
     }
     while i < rows {
-        for k in 0..R {
-            add(&mut acc[0][k], &load(i, k));
-        }
+        add_row(&mut acc[0], i);
         i += 1;
     }
     for j in 1..LEVELS {
-        for k in 0..R {
-            let level = acc[j][k];
-            add(&mut acc[0][k], &level);
+        let level = acc[j];
+        for (a, l) in acc[0].iter_mut().zip(&level) {
+            add(a, l);
         }
     }
     acc[0]
