@@ -132,10 +132,8 @@ pub fn frozen_product(x: &Tensor, weight: &Frozen) -> Result<Tensor> {
                 weight: weight.clone(),
             })
         }
-        // Other devices and dtypes multiply by a dense copy, which the backward pass keeps.
-        Frozen::Nf4(_) | Frozen::Ggml(_) => {
-            super::ops::frozen_matmul(x, &weight.to_dense(x.device(), x.dtype())?)
-        }
+        // Other devices and dtypes dequantize for each product too, through candle's kernels.
+        Frozen::Nf4(_) | Frozen::Ggml(_) => super::ops::dequantizing_matmul(x, weight),
     }
 }
 
@@ -209,14 +207,28 @@ mod tests {
     use candle_core::Var;
 
     /// The quantized product gives the same output and input gradient as a dense product with the
-    /// dequantized weight.
+    /// dequantized weight, through the CPU's op and through the device-generic one.
     fn assert_matches_dense_product(q: &Frozen, rows: usize) {
+        let products: [fn(&Tensor, &Frozen) -> Result<Tensor>; 2] = [
+            frozen_product,
+            crate::engine::model::ops::dequantizing_matmul,
+        ];
+        for product in products {
+            assert_product_matches_dense(product, q, rows);
+        }
+    }
+
+    fn assert_product_matches_dense(
+        product: fn(&Tensor, &Frozen) -> Result<Tensor>,
+        q: &Frozen,
+        rows: usize,
+    ) {
         let device = Device::Cpu;
         let (out, inp) = q.dims();
         let dense = q.to_dense(&device, DType::F32).unwrap();
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, inp), &device).unwrap()).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (rows, out), &device).unwrap();
-        let y1 = frozen_product(x.as_tensor(), q).unwrap();
+        let y1 = product(x.as_tensor(), q).unwrap();
         let y2 = x.as_tensor().matmul(&dense.t().unwrap()).unwrap();
         assert!(max_abs_diff(&y1, &y2) < 1e-5);
         let g1 = (y1 * &probe)

@@ -110,6 +110,19 @@ fn fused(
     })
 }
 
+/// `x · Wᵀ` for a quantized `W` on any device and dtype: the weight is dequantized for the product and
+/// again for the backward pass (dx = dy · W), so the graph keeps the packed weight, never a dense copy
+/// (bitsandbytes' `MatMul4Bit` does the same). The CPU's f32 path has its own op in `frozen`.
+pub fn dequantizing_matmul(x: &Tensor, weight: &super::Frozen) -> Result<Tensor> {
+    let (forward_weight, backward_weight) = (weight.clone(), weight.clone());
+    fused(
+        x,
+        "dequantizing-matmul",
+        move |x| x.matmul(&forward_weight.to_dense(x.device(), x.dtype())?.t()?),
+        move |_x, _y, dy| dy.matmul(&backward_weight.to_dense(dy.device(), dy.dtype())?),
+    )
+}
+
 /// A recomputed section of the network (gradient checkpointing): `forward(x)` runs untracked, keeping
 /// nothing but `x`; the backward pass calls `backward(x, dy)`, which runs the section again with
 /// tracking and returns dx. `x` must take part in the graph.
