@@ -221,6 +221,9 @@ pub struct MemoryEstimate {
     pub method: Method,
     pub batch: BatchShape,
     pub gradient_checkpointing: bool,
+    /// Positions projected onto the vocabulary in the largest micro-batch (those with a trained next
+    /// token).
+    pub logit_rows: usize,
     /// Every part that takes memory in this configuration (parts of zero bytes are left out).
     pub parts: Vec<PartEstimate>,
     /// Bytes the training device's memory must hold (system memory on the CPU).
@@ -233,17 +236,44 @@ pub struct MemoryEstimate {
     arch: Arch,
     #[serde(skip)]
     config: TrainConfig,
+    #[serde(skip)]
+    trained_tokens: Option<usize>,
 }
 
 impl MemoryEstimate {
     /// The estimate for `arch` trained with `config` on `device`, at micro-batches of `batch`.
+    /// Every position of the batch is assumed trained (the most logits it can need).
     pub fn new(
         arch: &Arch,
         config: &TrainConfig,
         device: DeviceKind,
         batch: BatchShape,
     ) -> MemoryEstimate {
-        let parts = estimate_parts(arch, config, device, batch);
+        MemoryEstimate::with_trained(arch, config, device, batch, None)
+    }
+
+    /// From a dataset's measured shape: its largest micro-batch and the most trained tokens one
+    /// micro-batch holds (only those are projected onto the vocabulary).
+    pub fn for_data(
+        arch: &Arch,
+        config: &TrainConfig,
+        device: DeviceKind,
+        data: &super::sizing::DataShape,
+    ) -> MemoryEstimate {
+        MemoryEstimate::with_trained(arch, config, device, data.batch, Some(data.trained_tokens))
+    }
+
+    fn with_trained(
+        arch: &Arch,
+        config: &TrainConfig,
+        device: DeviceKind,
+        batch: BatchShape,
+        trained_tokens: Option<usize>,
+    ) -> MemoryEstimate {
+        // The loss predicts each position's next token: the last position of a row has none.
+        let targets = batch.rows * batch.longest.saturating_sub(1).max(1);
+        let logit_rows = trained_tokens.map_or(targets, |t| t.min(targets));
+        let parts = estimate_parts(arch, config, device, batch, logit_rows);
         let total = parts
             .iter()
             .filter(|p| p.place == Place::Device)
@@ -259,12 +289,14 @@ impl MemoryEstimate {
             method: config.method,
             batch,
             gradient_checkpointing: config.gradient_checkpointing,
+            logit_rows,
             parts,
             total,
             host_total,
             available: None,
             arch: arch.clone(),
             config: config.clone(),
+            trained_tokens,
         }
     }
 
@@ -308,7 +340,8 @@ impl MemoryEstimate {
 
     /// The same run with `config` changed, judged against the same memory.
     pub fn with_config(&self, config: &TrainConfig, batch: BatchShape) -> MemoryEstimate {
-        MemoryEstimate::new(&self.arch, config, self.device, batch).with_available(self.available)
+        MemoryEstimate::with_trained(&self.arch, config, self.device, batch, self.trained_tokens)
+            .with_available(self.available)
     }
 
     /// Changes that make the run smaller, each with its total and whether it alone fits, best first
@@ -553,6 +586,7 @@ fn estimate_parts(
     config: &TrainConfig,
     device: DeviceKind,
     batch: BatchShape,
+    logit_rows: usize,
 ) -> Vec<PartEstimate> {
     let dtype = device.compute_bytes();
     let dtype_name = match device {
@@ -690,7 +724,7 @@ fn estimate_parts(
     push(
         Part::Logits,
         label(Part::Logits, "f32, with gradient"),
-        2 * tokens * arch.vocab_size as u64 * 4,
+        2 * logit_rows as u64 * arch.vocab_size as u64 * 4,
         Place::Device,
     );
 

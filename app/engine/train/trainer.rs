@@ -14,10 +14,11 @@ use serde_json::json;
 use super::checkpoint::{self, Skipped};
 use super::config::{LrChange, TrainConfig};
 use super::loss::masked_lm_loss;
-use super::memory::{self, BatchShape, DeviceKind, MemoryEstimate};
+use super::memory::{self, DeviceKind, MemoryEstimate};
 use super::optim::AdamW;
 use super::order::BatchOrder;
 use super::run::RunDir;
+use super::sizing::DataShape;
 use super::step::{pack, train_step, Batch, StepOutcome};
 use crate::engine::adapter;
 use crate::engine::data::Example;
@@ -324,11 +325,10 @@ impl Trainer {
             return None;
         }
         let c = &self.job.config;
-        let lengths: Vec<usize> = self.job.train.iter().map(|e| e.ids.len()).collect();
-        let batch = BatchShape::from_lengths(&lengths, c)?;
+        let data = DataShape::of(&self.job.train, c)?;
         let available =
             memory::available_memory()? + crate::engine::sysmem::resident().unwrap_or(0);
-        let estimate = MemoryEstimate::new(&self.job.model.arch, c, DeviceKind::Cpu, batch)
+        let estimate = MemoryEstimate::for_data(&self.job.model.arch, c, DeviceKind::Cpu, &data)
             .with_available(Some(available));
         memory::does_not_fit(&estimate)
     }
