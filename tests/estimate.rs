@@ -1,6 +1,8 @@
 //! `loft estimate` as a user runs it: the memory a run needs by part, from a model's config.json
 //! alone (7B/8B fixtures, never downloaded), from a GGUF with a dataset, and its answers to bad input.
 
+#[path = "support/hub_server.rs"]
+mod hub_server;
 mod support;
 
 use std::process::{Command, Output};
@@ -289,4 +291,50 @@ fn an_unsupported_config_names_the_field() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("gpt2") && err.contains("llama"), "{err}");
+}
+
+/// A hub repo id whose weights are not downloaded: only its description files are fetched (never
+/// the weights), and the next estimate answers offline from the cache.
+#[test]
+fn a_hub_model_is_estimated_from_its_config_without_its_weights() {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::copy(config("llama-2-7b"), repo.path().join("config.json")).unwrap();
+    std::fs::write(repo.path().join("model.safetensors"), vec![7u8; 200_000]).unwrap();
+    let server = hub_server::HubServer::start();
+    server.add_repo("org/llama-7b", repo.path());
+    let cache = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["estimate", "--model", "org/llama-7b", "--json"];
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_loft"))
+            .args(&args)
+            .env("HF_HUB_CACHE", cache.path())
+            .env("HF_ENDPOINT", server.url())
+            .env_remove("HF_HOME")
+            .env_remove("HF_TOKEN")
+            .output()
+            .expect("run loft")
+    };
+    let online = run(&[]);
+    assert!(
+        online.status.success(),
+        "{}",
+        String::from_utf8_lossy(&online.stderr)
+    );
+    let e: Value = serde_json::from_slice(&online.stdout).unwrap();
+    assert!(part(&e, "base_weights") > 20_000_000_000, "{e}");
+    let fetched: Vec<String> = server.log().into_iter().filter_map(|s| s.file).collect();
+    assert!(fetched.iter().any(|f| f == "config.json"), "{fetched:?}");
+    assert!(
+        !fetched.iter().any(|f| f.ends_with(".safetensors")),
+        "weights were downloaded: {fetched:?}"
+    );
+    let offline = run(&["--offline"]);
+    assert!(
+        offline.status.success(),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    let again: Value = serde_json::from_slice(&offline.stdout).unwrap();
+    assert_eq!(again["total"], e["total"]);
 }
