@@ -3,6 +3,7 @@
 
 mod bench;
 mod data;
+mod estimate;
 mod interrupt;
 mod models;
 pub mod train;
@@ -35,12 +36,19 @@ enum Command {
     /// Check a dataset (.json/.jsonl) and, with --model, encode it as training will. Exit status: 0 usable,
     /// 1 errors, 2 cannot be read.
     Validate(data::ValidateArgs),
+    /// How much memory a training run needs, by part, and whether it fits (works from a model's
+    /// config.json alone).
+    Estimate(estimate::EstimateArgs),
     /// Train a LoRA adapter, on a full-precision or a 4-bit (QLoRA) base, or resume a run; the last
     /// line printed is the run folder.
     Train(Box<train::TrainArgs>),
     /// Measure training-step speed and peak memory on synthetic tokens (for scripts/bench_train.sh).
     #[command(hide = true)]
     BenchTrain(bench::BenchTrainArgs),
+    /// The memory estimate against the measured peak of real training steps, row by row (LoRA/QLoRA ×
+    /// checkpointing × batch shapes; each row in a fresh process).
+    #[command(hide = true)]
+    BenchEstimate(bench::BenchEstimateArgs),
     /// Open the window at a fixed size, optionally train a few steps, save a screenshot and print
     /// time-to-first-frame and frame-time figures as JSON (the smoke test and the UI benchmark).
     #[command(hide = true)]
@@ -56,8 +64,10 @@ pub fn main() -> i32 {
         Some(Command::Models(args)) => models::models(args).map(|()| 0),
         Some(Command::Generate(args)) => models::generate(args).map(|()| 0),
         Some(Command::Validate(args)) => data::validate(args),
+        Some(Command::Estimate(args)) => estimate::estimate(args).map(|()| 0),
         Some(Command::Train(args)) => train::train(*args),
         Some(Command::BenchTrain(args)) => bench::bench_train(args).map(|()| 0),
+        Some(Command::BenchEstimate(args)) => bench::bench_estimate(args).map(|()| 0),
         Some(Command::WindowCheck(args)) => window::window_check(args),
         None => Ok(crate::ui::run(crate::ui::WindowOptions {
             open: cli.open,

@@ -6,8 +6,9 @@ use egui::{DragValue, RichText, Ui};
 use super::widgets::{self, field, BAD};
 use crate::engine::arch::Arch;
 use crate::engine::model::lora::{ALL_LINEAR_TARGETS, ATTENTION_TARGETS};
-use crate::engine::train::memory::{self, StepMemory};
+use crate::engine::train::memory::{BatchShape, DeviceKind, MemoryEstimate, Part};
 use crate::engine::train::{Schedule, TrainConfig};
+use crate::engine::units;
 
 /// Hours of training make a typo expensive: every value is checked as it is typed.
 #[derive(Default)]
@@ -83,9 +84,9 @@ impl MethodPage {
         }
     }
 
-    /// On the CPU: what a step at the longest batch (`micro_batch_size × max_seq_len`) needs, by the
+    /// On the CPU: what a run at the longest batch (`micro_batch_size × max_seq_len`) needs, by the
     /// same estimate the trainer checks before its first step, against the memory free.
-    fn memory_ui(&self, ui: &mut Ui, arch: &Arch, total: u64, trainable: u64) {
+    fn memory_ui(&self, ui: &mut Ui, arch: &Arch, _total: u64, _trainable: u64) {
         let Some(DeviceInfo {
             cpu: true,
             free_memory: Some(free),
@@ -95,29 +96,18 @@ impl MethodPage {
             return;
         };
         let c = &self.config;
-        let tokens = c.micro_batch_size * c.max_seq_len;
-        let need = StepMemory::estimate(arch, tokens, trainable, c.gradient_checkpointing);
-        let model = total * 4; // f32 weights on the CPU
-        let gb = |b: u64| b as f64 / 1e9;
+        let estimate = MemoryEstimate::new(arch, c, DeviceKind::Cpu, BatchShape::assumed(c))
+            .with_available(Some(*free));
         let text = format!(
-            "Memory at the longest batch: about {:.2} GB (model {:.2}, activations {:.2} for {} x {} tokens, logits {:.2}); {:.1} GB free",
-            gb(model + need.total()),
-            gb(model),
-            gb(need.activations),
+            "Memory at the longest batch: about {} (activations {} for {} x {} tokens, logits {}); {} free",
+            units::bytes(estimate.total),
+            units::bytes(estimate.bytes(Part::Activations)),
             c.micro_batch_size,
             c.max_seq_len,
-            gb(need.logits),
-            gb(*free),
+            units::bytes(estimate.bytes(Part::Logits)),
+            units::bytes(*free),
         );
-        let fits = memory::does_not_fit(
-            &need,
-            free.saturating_sub(model),
-            c.micro_batch_size,
-            c.max_seq_len,
-            c.gradient_checkpointing,
-        )
-        .is_none();
-        if fits {
+        if estimate.fits() != Some(false) {
             ui.label(text);
         } else {
             ui.colored_label(BAD, text)

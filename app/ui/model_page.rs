@@ -12,7 +12,7 @@ use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::cache::{self, CachedModel};
 use crate::engine::chat::TemplateOrigin;
-use crate::engine::device::{self, Fit};
+use crate::engine::device;
 use crate::engine::generate::Sampling;
 use crate::engine::hub::{DownloadEvent, HubOptions};
 use crate::engine::model::LoadOptions;
@@ -462,7 +462,7 @@ impl ModelPage {
                 ui.label(RichText::new("Measuring this machine's memory…").weak());
             }
             Some(memory) => {
-                let (text, color) = fit_hint(info.parameters, memory);
+                let (text, color) = fit_hint(&info.arch, memory);
                 ui.colored_label(color, text);
             }
         }
@@ -574,29 +574,48 @@ impl ModelPage {
     }
 }
 
-/// "Can this machine train it", in one line, with the colour of the answer. `memory`: the machine's
-/// total memory, read once by the device probe (never per frame: it is a file read).
-fn fit_hint(parameters: u64, memory: Option<u64>) -> (String, egui::Color32) {
+/// "Can this machine train it", in one line, with the colour of the answer: the smallest sensible
+/// run (one row of 512 tokens, gradient checkpointing) by the same estimate the Method page and the
+/// trainer use, LoRA first, then QLoRA. `memory`: the machine's total memory, read once by the device
+/// probe (never per frame: it is a file read).
+fn fit_hint(arch: &crate::engine::arch::Arch, memory: Option<u64>) -> (String, egui::Color32) {
+    use crate::engine::train::memory::{smallest_run, DeviceKind, Verdict};
+    use crate::engine::train::Method;
     let Some(memory) = memory else {
         return (
             "Memory of this machine unknown: cannot judge whether it fits.".into(),
             WARN,
         );
     };
-    // On CPU weights are f32; the GPU path (bf16) needs half, which this rough hint leaves out.
-    let (fit, needed) = device::lora_fit(parameters, 4, memory);
-    let about = format!(
-        "LoRA training needs roughly {} here; this machine has {}",
-        widgets::bytes(needed),
-        widgets::bytes(memory)
-    );
-    match fit {
-        Fit::Comfortable => (format!("{about}: fits comfortably."), GOOD),
-        Fit::Tight => (
-            format!("{about}: tight. Use a small batch and gradient checkpointing."),
+    let judge = |method| smallest_run(arch, method, DeviceKind::Cpu).with_available(Some(memory));
+    let (lora, qlora) = (judge(Method::Lora), judge(Method::Qlora));
+    let about = |e: &crate::engine::train::memory::MemoryEstimate, name: &str| {
+        format!(
+            "{name} training needs about {} here (1 × 512 tokens, gradient checkpointing); this machine has {}",
+            widgets::bytes(e.total),
+            widgets::bytes(memory)
+        )
+    };
+    match (lora.verdict(), qlora.verdict()) {
+        (Verdict::Fits, _) => (format!("{}: fits.", about(&lora, "LoRA")), GOOD),
+        (Verdict::Tight, _) => (
+            format!(
+                "{}: tight. Use a small batch, or QLoRA.",
+                about(&lora, "LoRA")
+            ),
             WARN,
         ),
-        Fit::TooBig => (format!("{about}: too big. Choose a smaller model."), BAD),
+        (_, Verdict::Fits | Verdict::Tight) => (
+            format!("{}: fits with QLoRA only.", about(&qlora, "QLoRA")),
+            WARN,
+        ),
+        _ => (
+            format!(
+                "{}: too big. Choose a smaller model.",
+                about(&qlora, "Even QLoRA")
+            ),
+            BAD,
+        ),
     }
 }
 
