@@ -12,6 +12,7 @@ use egui_plot::{Bar, BarChart, Plot, VLine};
 use serde::{Deserialize, Serialize};
 
 use super::dialogs::{self, PathEntry, Picked};
+use super::fit::DataLengths;
 use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::data::{
@@ -146,6 +147,17 @@ impl DataPage {
     }
 
     /// The held-out fraction when evaluating on a split of the training file.
+    /// The training file's usable rows and longest example in tokens, once it has been checked with
+    /// the model's tokenizer: what the memory estimate sizes the longest batch by.
+    pub fn lengths(&self) -> Option<DataLengths> {
+        let report = self.train_file()?.report()?;
+        let tokens = report.stats.tokens.as_ref()?;
+        Some(DataLengths {
+            rows: report.usable_rows,
+            longest: usize::try_from(tokens.max).unwrap_or(usize::MAX),
+        })
+    }
+
     pub fn eval_fraction(&self) -> f64 {
         match self.eval {
             EvalChoice::Split(p) if self.eval_file().is_none() => p / 100.0,

@@ -8,15 +8,17 @@ use std::time::Instant;
 use egui::{RichText, Ui};
 
 use super::dialogs::{self, Picked};
+use super::fit::{Comparison, Recommendation, Verdict};
 use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::cache::{self, CachedModel};
 use crate::engine::chat::TemplateOrigin;
-use crate::engine::device::{self, Fit};
+use crate::engine::device;
 use crate::engine::generate::Sampling;
 use crate::engine::hub::{DownloadEvent, HubOptions};
 use crate::engine::model::LoadOptions;
 use crate::engine::source::{self, LoadedModel, ModelInfo, ModelSource, Resolve};
+use crate::engine::train::Method;
 
 enum OpenReport {
     Download(DownloadEvent),
@@ -238,9 +240,9 @@ impl ModelPage {
         self.open_job.is_some() || self.chat_job.is_some()
     }
 
-    /// `memory`: the machine's memory as the device probe found it (None while it runs, Some(None) when
-    /// it could not tell).
-    pub fn ui(&mut self, ui: &mut Ui, memory: Option<Option<u64>>) {
+    /// `fit`: LoRA and QLoRA for the opened model against the memory available, as the Method step
+    /// estimates them (None while the device probe runs; Some(None) while no model is open).
+    pub fn ui(&mut self, ui: &mut Ui, fit: Option<Option<Comparison>>) {
         let ctx = ui.ctx().clone();
         match dialogs::poll(&mut self.dialog) {
             Some(Picked::Paths(paths)) => {
@@ -324,7 +326,7 @@ impl ModelPage {
         self.cache_ui(ui, &ctx);
         if self.opened.is_some() {
             ui.separator();
-            self.info_ui(ui, memory);
+            self.info_ui(ui, fit);
             ui.separator();
             // Ids of its own keep the prompt's focus (and a click on Send) when rows above appear.
             let own_ids = egui::UiBuilder::new().scope_id(egui::Id::unique("loft-try-it"));
@@ -416,7 +418,7 @@ impl ModelPage {
             });
     }
 
-    fn info_ui(&self, ui: &mut Ui, memory: Option<Option<u64>>) {
+    fn info_ui(&self, ui: &mut Ui, fit: Option<Option<Comparison>>) {
         let Some((spec, info)) = &self.opened else {
             return;
         };
@@ -449,12 +451,13 @@ impl ModelPage {
             ui.label(info.dtype.clone().unwrap_or_else(|| "?".into()));
             ui.end_row();
         });
-        match memory {
+        match fit {
             None => {
                 ui.label(RichText::new("Measuring this machine's memory…").weak());
             }
-            Some(memory) => {
-                let (text, color) = fit_hint(info.parameters, memory);
+            Some(None) => {}
+            Some(Some(comparison)) => {
+                let (text, color) = fit_hint(&comparison);
                 ui.colored_label(color, text);
             }
         }
@@ -566,29 +569,41 @@ impl ModelPage {
     }
 }
 
-/// "Can this machine train it", in one line, with the colour of the answer. `memory`: the machine's
-/// total memory, read once by the device probe (never per frame: it is a file read).
-fn fit_hint(parameters: u64, memory: Option<u64>) -> (String, egui::Color32) {
-    let Some(memory) = memory else {
+/// "Can this machine train it", in one line with the colour of the answer (the words carry it too):
+/// the Method step's estimate for both methods at the current settings and data.
+fn fit_hint(c: &Comparison) -> (String, egui::Color32) {
+    let needs = format!(
+        "Training needs about {} with LoRA, {} with QLoRA ({} × {} tokens a batch)",
+        widgets::bytes(c.lora.total()),
+        widgets::bytes(c.qlora.total()),
+        c.shape.rows,
+        c.shape.longest
+    );
+    let Some(available) = c.available else {
         return (
-            "Memory of this machine unknown: cannot judge whether it fits.".into(),
+            format!("{needs}; the memory available is unknown: enter an amount to plan for on the Method step."),
             WARN,
         );
     };
-    // On CPU weights are f32; the GPU path (bf16) needs half, which this rough hint leaves out.
-    let (fit, needed) = device::lora_fit(parameters, 4, memory);
-    let about = format!(
-        "LoRA training needs roughly {} here; this machine has {}",
-        widgets::bytes(needed),
-        widgets::bytes(memory)
-    );
-    match fit {
-        Fit::Comfortable => (format!("{about}: fits comfortably."), GOOD),
-        Fit::Tight => (
-            format!("{about}: tight. Use a small batch and gradient checkpointing."),
+    let verdict = |m| c.verdict(m).map_or("", Verdict::words);
+    let about = format!("{needs}; {} available", widgets::bytes(available));
+    match c.recommendation() {
+        Some(Recommendation::Lora) => (
+            format!("{about}: LoRA {}.", verdict(Method::Lora)),
+            GOOD,
+        ),
+        Some(Recommendation::Qlora) => (
+            format!(
+                "{about}: LoRA {}, QLoRA {}. Choose QLoRA on the Method step.",
+                verdict(Method::Lora),
+                verdict(Method::Qlora)
+            ),
             WARN,
         ),
-        Fit::TooBig => (format!("{about}: too big. Choose a smaller model."), BAD),
+        _ => (
+            format!("{about}: neither fits at these settings. The Method step says what would, or choose a smaller model."),
+            BAD,
+        ),
     }
 }
 
