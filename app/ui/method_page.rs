@@ -287,20 +287,21 @@ impl MethodPage {
                 Some(Method::Lora)
             }
             Recommendation::Qlora => {
-                let lora = comparison.verdict(Method::Lora).map_or("", Verdict::words);
-                ui.label(RichText::new(format!("Recommended: QLoRA. LoRA {lora} in {available}; QLoRA does, because it keeps the model's layers in 4 bits.")).strong());
+                let words = |m| comparison.verdict(m).map_or("", Verdict::words);
+                ui.label(RichText::new(format!("Recommended: QLoRA. In {available}, LoRA {} and QLoRA {}, because it keeps the model's layers in 4 bits.", words(Method::Lora), words(Method::Qlora))).strong());
                 Some(Method::Qlora)
             }
             Recommendation::Neither(suggestions) => {
                 ui.colored_label(
                     BAD,
-                    RichText::new(format!("✖ Neither method fits in {available}. What would:"))
+                    RichText::new(format!("Neither method fits in {available}. What would:"))
                         .strong(),
                 );
                 for s in suggestions {
                     ui.horizontal_wrapped(|ui| {
+                        ui.add_space(12.0);
                         ui.label(format!(
-                            "• {} with QLoRA: it then needs about {} ({}).",
+                            "{} with QLoRA: it then needs about {} ({}).",
                             s.words(),
                             widgets::bytes(s.total),
                             s.verdict.words()
@@ -313,14 +314,17 @@ impl MethodPage {
                         }
                     });
                 }
-                ui.label(format!(
-                    "• {}a smaller model (fewer parameters): open one on the Model step.",
-                    if suggestions.is_empty() {
-                        "Nothing short of "
-                    } else {
-                        "Or "
-                    }
-                ));
+                ui.horizontal_wrapped(|ui| {
+                    ui.add_space(12.0);
+                    ui.label(format!(
+                        "{}a smaller model (fewer parameters): open one on the Model step.",
+                        if suggestions.is_empty() {
+                            "Nothing short of "
+                        } else {
+                            "Or "
+                        }
+                    ));
+                });
                 None
             }
         };
@@ -573,25 +577,25 @@ fn memory_bar(
     );
 }
 
-/// "✔ QLoRA needs about 1.41 GiB of the 7.80 GiB available: fits comfortably.", with the verdict's
-/// colour (`plain` where there is no verdict); the symbol and the words say it without the colour.
+/// "QLoRA needs about 1.41 GiB of the 7.80 GiB available: fits comfortably.", with the verdict's
+/// colour (`plain` where there is no verdict); the words say it without the colour.
 pub fn needs_line(comparison: &Comparison, method: Method, plain: Color32) -> (String, Color32) {
     let total = widgets::bytes(comparison.of(method).total());
-    let (symbol, color) = match comparison.verdict(method) {
-        Some(Verdict::Comfortable) => ("✔", GOOD),
-        Some(Verdict::Tight) => ("⚠", WARN),
-        Some(Verdict::TooBig) => ("✖", BAD),
-        None => ("?", plain),
+    let color = match comparison.verdict(method) {
+        Some(Verdict::Comfortable) => GOOD,
+        Some(Verdict::Tight) => WARN,
+        Some(Verdict::TooBig) => BAD,
+        None => plain,
     };
     let text = match (comparison.available, comparison.verdict(method)) {
         (Some(available), Some(v)) => format!(
-            "{symbol} {} needs about {total} of the {} available: {}.",
+            "{} needs about {total} of the {} available: {}.",
             method_title(method),
             widgets::bytes(available),
             v.words()
         ),
         _ => format!(
-            "{symbol} {} needs about {total}; the memory available is unknown, so enter an amount to plan for on the Method step.",
+            "{} needs about {total}; the memory available is unknown, so enter an amount to plan for on the Method step.",
             method_title(method),
         ),
     };
