@@ -211,7 +211,7 @@ fn lora_settings_change_the_trainable_parameter_count() {
 
     // The memory a run needs at the longest batch, growing with the batch's tokens.
     let activations = |h: &Harness<'static, LoftApp>| -> f64 {
-        bytes_after(&label_starting(h, "LoRA memory:"), "activations")
+        bytes_after(&label_starting(h, "LoRA memory:"), "Activations")
     };
     h.state_mut().method.config.micro_batch_size = 16;
     h.state_mut().method.config.max_seq_len = 1024;
@@ -313,7 +313,9 @@ fn lora_and_qlora_side_by_side_change_the_estimate_the_verdict_and_the_cli_line(
     // Both estimates side by side; QLoRA holds the model's layers in about a seventh.
     let lora = label_starting(&h, "LoRA memory:");
     let qlora = label_starting(&h, "QLoRA memory:");
-    let layers = bytes_after(&lora, "model layers") / bytes_after(&qlora, "model layers");
+    let layers = bytes_after(&lora, "Base weights (f32)")
+        / (bytes_after(&qlora, "Base weights (NF4)")
+            + bytes_after(&qlora, "Quantization constants (double-quantized absmax)"));
     assert!((6.5..8.0).contains(&layers), "{lora}\n{qlora}");
     let (lora_total, qlora_total) = (bytes_after(&lora, "total"), bytes_after(&qlora, "total"));
     assert!(qlora_total < lora_total * 0.9, "{lora}\n{qlora}");

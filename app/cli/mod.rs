@@ -3,6 +3,7 @@
 
 mod bench;
 mod data;
+mod estimate;
 mod interrupt;
 mod models;
 pub mod train;
@@ -35,6 +36,9 @@ enum Command {
     /// Check a dataset (.json/.jsonl) and, with --model, encode it as training will. Exit status: 0 usable,
     /// 1 errors, 2 cannot be read.
     Validate(data::ValidateArgs),
+    /// How much memory a training run needs, by part, and whether it fits (works from a model's
+    /// config.json alone).
+    Estimate(estimate::EstimateArgs),
     /// Train a LoRA adapter (or resume a run); the last line printed is the run folder.
     Train(Box<train::TrainArgs>),
     /// Measure training-step speed and peak memory on synthetic tokens (for scripts/bench_train.sh).
@@ -55,6 +59,7 @@ pub fn main() -> i32 {
         Some(Command::Models(args)) => models::models(args).map(|()| 0),
         Some(Command::Generate(args)) => models::generate(args).map(|()| 0),
         Some(Command::Validate(args)) => data::validate(args),
+        Some(Command::Estimate(args)) => estimate::estimate(args).map(|()| 0),
         Some(Command::Train(args)) => train::train(*args),
         Some(Command::BenchTrain(args)) => bench::bench_train(args).map(|()| 0),
         Some(Command::WindowCheck(args)) => window::window_check(args),

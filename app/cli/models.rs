@@ -47,7 +47,7 @@ impl ModelArg {
     }
 }
 
-fn print_download(event: DownloadEvent) {
+pub(super) fn print_download(event: DownloadEvent) {
     let mut err = std::io::stderr();
     let _ = match event {
         DownloadEvent::Bytes { name, done, total } => write!(

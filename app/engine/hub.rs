@@ -128,6 +128,60 @@ pub fn download_model(
     Ok(pinned.snapshot)
 }
 
+/// Download only the small files that describe model repo `repo_id` (config.json, the tokenizer and
+/// its chat template; no weights) into the hub cache, and return the snapshot folder. Enough to
+/// estimate a run's memory or encode data for a model that is not downloaded: a 70B model's
+/// description is a few megabytes. A later full download reuses these files.
+pub fn download_config(
+    repo_id: &str,
+    opts: &HubOptions,
+    on_event: &mut dyn FnMut(DownloadEvent),
+    cancel: &AtomicBool,
+) -> Result<PathBuf> {
+    let hub = Hub::new(repo_id, opts)?;
+    check_cancel(cancel)?;
+    on_event(DownloadEvent::Listing {
+        repo_id: repo_id.to_string(),
+    });
+    let listing = hub.list()?;
+    let pinned = hub.pinned(&listing.sha);
+    let files: Vec<&str> = MODEL_FILES
+        .iter()
+        .copied()
+        .filter(|f| listing.siblings.iter().any(|s| s.rfilename == *f))
+        .collect();
+    if !files.contains(&"config.json") {
+        return Err(ModelError::Hub(format!(
+            "{} has no config.json, so Loft cannot tell what model it is",
+            hub.repo_url()
+        )));
+    }
+    on_event(DownloadEvent::Started {
+        files: files.len(),
+        total_bytes: files
+            .iter()
+            .map(|f| {
+                listing
+                    .siblings
+                    .iter()
+                    .find(|s| s.rfilename == *f)
+                    .and_then(|s| s.size)
+            })
+            .sum(),
+    });
+    let fetched = files.iter().enumerate().try_for_each(|(index, file)| {
+        check_cancel(cancel)?;
+        pinned.fetch(file, index, on_event, cancel)
+    });
+    let _ = std::fs::remove_file(hub.repo_dir.join("refs").join(&listing.sha));
+    fetched?;
+    hub.write_ref(&listing.sha)?;
+    on_event(DownloadEvent::Finished {
+        snapshot: pinned.snapshot.clone(),
+    });
+    Ok(pinned.snapshot)
+}
+
 fn fetch_all(
     pinned: &Pinned,
     listing: &Listing,

@@ -18,6 +18,7 @@ use super::train_page::{self, TrainPage};
 use super::widgets::{self, GOOD};
 use crate::engine::data::SplitSpec;
 use crate::engine::source::WeightFiles;
+use crate::engine::train::memory::DeviceKind;
 use crate::engine::train::run::{sha256_file, slug, timestamp, RunDir, RunSpec};
 use crate::engine::train::runs::{Curves, RunSummary};
 use crate::engine::train::TrainCommand;
@@ -613,10 +614,15 @@ fn describe_device() -> DeviceInfo {
         ),
         _ => described,
     };
+    let kind = if device.is_cuda() {
+        DeviceKind::Cuda
+    } else {
+        DeviceKind::Cpu
+    };
     DeviceInfo {
         name,
-        cpu: device.is_cpu(),
-        free_memory: crate::engine::train::memory::available_memory(),
+        kind,
+        free_memory: crate::engine::train::memory::available_for(kind, None),
         total_memory: crate::engine::device::system_memory(),
     }
 }

@@ -12,7 +12,7 @@ use egui_plot::{Bar, BarChart, Plot, VLine};
 use serde::{Deserialize, Serialize};
 
 use super::dialogs::{self, PathEntry, Picked};
-use super::fit::DataLengths;
+use super::fit::EncodedLengths;
 use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::data::{
@@ -47,6 +47,8 @@ struct Checked {
     rows: BTreeMap<usize, String>,
     /// Why the check ran without the model (token counts and the preview need its tokenizer).
     without_model: Option<String>,
+    /// The encoded examples' lengths, for the memory estimate (with a model only).
+    lengths: Option<EncodedLengths>,
 }
 
 pub struct DataFile {
@@ -147,15 +149,10 @@ impl DataPage {
     }
 
     /// The held-out fraction when evaluating on a split of the training file.
-    /// The training file's usable rows and longest example in tokens, once it has been checked with
-    /// the model's tokenizer: what the memory estimate sizes the longest batch by.
-    pub fn lengths(&self) -> Option<DataLengths> {
-        let report = self.train_file()?.report()?;
-        let tokens = report.stats.tokens.as_ref()?;
-        Some(DataLengths {
-            rows: report.usable_rows,
-            longest: usize::try_from(tokens.max).unwrap_or(usize::MAX),
-        })
+    /// The training file's encoded lengths, once it has been checked with the model's tokenizer:
+    /// what the memory estimate sizes the largest batch by.
+    pub fn lengths(&self) -> Option<&EncodedLengths> {
+        self.train_file()?.checked.as_ref()?.lengths.as_ref()
     }
 
     pub fn eval_fraction(&self) -> f64 {
@@ -423,14 +420,14 @@ fn check(
     };
     let tools = tools.and_then(|t| t.ok());
     let mut progress = |p| r.send(Report::Progress(p));
-    let checked = data::check_file(
+    let checked = data::check_file_encoded(
         path,
         &ValidateOptions::default(),
         tools.as_ref().map(|t| (t, options)),
         &mut progress,
         r.cancel_flag(),
     );
-    let (report, dataset) = match checked {
+    let (report, dataset, encoded) = match checked {
         Ok(c) => c,
         Err(e) => return r.send(Report::Failed(e.to_string())),
     };
@@ -450,11 +447,13 @@ fn check(
         _ => Vec::new(),
     };
     let rows = error_rows(&report);
+    let lengths = encoded.and_then(|e| EncodedLengths::of(&e.examples));
     r.send(Report::Done(Box::new(Checked {
         report,
         previews,
         rows,
         without_model,
+        lengths,
     })));
 }
 

@@ -4,10 +4,11 @@
 
 use egui::{Color32, DragValue, RichText, Ui};
 
-use super::fit::{Comparison, DataLengths, Estimate, Recommendation, Verdict};
+use super::fit::{self, Comparison, EncodedLengths, Recommendation};
 use super::widgets::{self, field, BAD, GOOD, WARN};
 use crate::engine::arch::Arch;
 use crate::engine::model::lora::{ALL_LINEAR_TARGETS, ATTENTION_TARGETS};
+use crate::engine::train::memory::{DeviceKind, MemoryEstimate, Part, Place, Verdict};
 use crate::engine::train::{Method, QuantSource, Schedule, TrainConfig};
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -28,8 +29,9 @@ pub struct MethodPage {
 pub struct DeviceInfo {
     /// "CPU (8 threads)" or the GPU's name and memory.
     pub name: String,
-    pub cpu: bool,
-    /// Memory the system could give Loft at the time (MemAvailable).
+    pub kind: DeviceKind,
+    /// Memory the device could give Loft at the time: the system's MemAvailable on the CPU, the
+    /// GPU's free memory (nvidia-smi) on CUDA.
     pub free_memory: Option<u64>,
     /// The machine's memory (MemTotal).
     pub total_memory: Option<u64>,
@@ -43,7 +45,7 @@ pub struct MethodContext<'a> {
     /// The opened model is a GGUF file, whose own quantized blocks QLoRA can train against.
     pub gguf: bool,
     /// The checked training file's rows and longest example.
-    pub data: Option<DataLengths>,
+    pub data: Option<&'a EncodedLengths>,
     /// The last QLoRA run's measure of what 4 bits cost: eval loss of the full and the 4-bit base.
     pub quantization_cost: Option<(f64, f64)>,
 }
@@ -71,25 +73,19 @@ impl MethodPage {
         }
     }
 
-    /// The memory estimates are compared with: the amount planned for, else what this machine has
-    /// free (on the CPU; a GPU's free memory is not probed, so it needs an amount planned).
+    /// The memory estimates are compared with: the amount planned for, else what the training
+    /// device had free when the window opened.
     pub fn available(&self) -> Option<u64> {
-        if let Some(gib) = self.planned_gib {
-            return Some((gib * GIB) as u64);
-        }
-        match &self.device {
-            Some(DeviceInfo {
-                cpu: true,
-                free_memory,
-                ..
-            }) => *free_memory,
-            _ => None,
+        match self.planned_gib {
+            Some(gib) => Some((gib * GIB) as u64),
+            None => self.device.as_ref().and_then(|d| d.free_memory),
         }
     }
 
     /// LoRA and QLoRA for the current settings and data against the memory available.
-    pub fn comparison(&self, arch: &Arch, data: Option<DataLengths>) -> Comparison {
-        Comparison::new(arch, &self.config, data, self.available())
+    pub fn comparison(&self, arch: &Arch, data: Option<&EncodedLengths>) -> Comparison {
+        let kind = self.device.as_ref().map_or(DeviceKind::Cpu, |d| d.kind);
+        Comparison::new(arch, &self.config, kind, data, self.available())
     }
 
     pub fn ui(&mut self, ui: &mut Ui, context: &MethodContext) {
@@ -142,8 +138,8 @@ impl MethodPage {
             return;
         };
         let comparison = self.comparison(arch, context.data);
-        let shape = comparison.shape;
-        ui.label(if shape.from_data {
+        let shape = comparison.batch();
+        ui.label(if comparison.from_data {
             format!(
                 "Estimated for the longest batch of your data: {} × {} tokens (the longest training example, up to max_seq_len).",
                 shape.rows, shape.longest
@@ -156,8 +152,8 @@ impl MethodPage {
         });
         let scale = comparison
             .lora
-            .total()
-            .max(comparison.available.unwrap_or(0))
+            .total
+            .max(comparison.available().unwrap_or(0))
             .max(1);
         ui.columns(2, |columns| {
             for (ui, method) in columns.iter_mut().zip([Method::Lora, Method::Qlora]) {
@@ -193,13 +189,16 @@ impl MethodPage {
             ui.label("Memory to plan for:");
             let machine = match &self.device {
                 None => "this machine (measuring…)".to_string(),
-                Some(DeviceInfo {
-                    cpu: true,
-                    free_memory: Some(free),
-                    ..
-                }) => format!("this machine ({} free now)", widgets::bytes(*free)),
-                Some(DeviceInfo { cpu: true, .. }) => "this machine (free memory unknown)".into(),
-                Some(_) => "this GPU (its free memory is not measured: enter it)".into(),
+                Some(d) => {
+                    let what = match d.kind {
+                        DeviceKind::Cpu => "this machine",
+                        DeviceKind::Cuda => "this GPU",
+                    };
+                    match d.free_memory {
+                        Some(free) => format!("{what} ({} free now)", widgets::bytes(free)),
+                        None => format!("{what} (free memory unknown)"),
+                    }
+                }
             };
             if ui.radio(self.planned_gib.is_none(), machine).clicked() {
                 self.planned_gib = None;
@@ -252,13 +251,7 @@ impl MethodPage {
                 Method::Lora => "Keeps the whole model in full precision (32-bit numbers on the CPU) and trains the add-on matrices against it. The most exact, and the faster of the two.",
                 Method::Qlora => "Stores the model's layers in 4 bits (NF4), about a seventh of the memory for those weights, and trains the same add-on matrices. Trades a little accuracy and speed for that memory.",
             });
-            memory_bar(
-                ui,
-                comparison.of(method),
-                comparison.available,
-                scale,
-                comparison.verdict(method),
-            );
+            memory_bar(ui, comparison.of(method), scale);
             let (needs, color) = needs_line(comparison, method, ui.visuals().text_color());
             ui.colored_label(color, needs);
             ui.label(match method {
@@ -280,14 +273,14 @@ impl MethodPage {
         let Some(recommendation) = comparison.recommendation() else {
             return;
         };
-        let available = comparison.available.map_or(String::new(), widgets::bytes);
+        let available = comparison.available().map_or(String::new(), widgets::bytes);
         let recommended = match &recommendation {
             Recommendation::Lora => {
                 ui.label(RichText::new("Recommended: LoRA. It fits comfortably, and it is exact and faster; QLoRA would only save memory you have to spare.").strong());
                 Some(Method::Lora)
             }
             Recommendation::Qlora => {
-                let words = |m| comparison.verdict(m).map_or("", Verdict::words);
+                let words = |m| verdict_words(comparison.of(m).verdict());
                 ui.label(RichText::new(format!("Recommended: QLoRA. In {available}, LoRA {} and QLoRA {}, because it keeps the model's layers in 4 bits.", words(Method::Lora), words(Method::Qlora))).strong());
                 Some(Method::Qlora)
             }
@@ -302,27 +295,28 @@ impl MethodPage {
                         ui.add_space(12.0);
                         ui.label(format!(
                             "{} with QLoRA: it then needs about {} ({}).",
-                            s.words(),
+                            s.text,
                             widgets::bytes(s.total),
-                            s.verdict.words()
+                            if s.fits {
+                                "fits"
+                            } else {
+                                "not enough on its own"
+                            }
                         ));
-                        if ui.small_button("Use these settings").clicked() {
+                        if s.fits && ui.small_button("Use these settings").clicked() {
                             for change in &s.changes {
-                                change.apply(&mut self.config);
+                                fit::apply(change, &mut self.config);
                             }
                             self.choose(Method::Qlora);
                         }
                     });
                 }
+                let any = suggestions.iter().any(|s| s.fits);
                 ui.horizontal_wrapped(|ui| {
                     ui.add_space(12.0);
                     ui.label(format!(
                         "{}a smaller model (fewer parameters): open one on the Model step.",
-                        if suggestions.is_empty() {
-                            "Nothing short of "
-                        } else {
-                            "Or "
-                        }
+                        if any { "Or " } else { "Nothing short of " }
                     ));
                 });
                 None
@@ -522,79 +516,110 @@ pub fn method_title(method: Method) -> &'static str {
     }
 }
 
-/// Colours of the parts of a memory bar, in the order the estimate lists them.
-const PART_COLORS: [Color32; 8] = [
+/// Colours of the parts of a memory bar, one per [`Part::ALL`], the same in every bar.
+const PART_COLORS: [Color32; 11] = [
     Color32::from_rgb(0x4c, 0x72, 0xb0),
     Color32::from_rgb(0x8c, 0xa7, 0xd6),
-    Color32::from_rgb(0xdd, 0x84, 0x52),
+    Color32::from_rgb(0x93, 0x78, 0x60),
+    Color32::from_rgb(0xc9, 0xa9, 0x87),
     Color32::from_rgb(0x55, 0xa8, 0x68),
+    Color32::from_rgb(0x9c, 0xd0, 0x9f),
+    Color32::from_rgb(0x2f, 0x7d, 0x6e),
+    Color32::from_rgb(0xdd, 0x84, 0x52),
     Color32::from_rgb(0xc4, 0x4e, 0x52),
     Color32::from_rgb(0x81, 0x72, 0xb3),
-    Color32::from_rgb(0x93, 0x78, 0x60),
-    Color32::from_rgb(0xda, 0x8b, 0xc3),
+    Color32::from_rgb(0x8c, 0x8c, 0x8c),
 ];
 
-/// One method's estimate as a bar by part against the memory available, read out in words.
-fn memory_bar(
-    ui: &mut Ui,
-    estimate: &Estimate,
-    available: Option<u64>,
-    scale: u64,
-    verdict: Option<Verdict>,
-) {
-    let segments: Vec<widgets::Segment> = estimate
+/// One method's estimate as a bar by part against the memory available, read out in words; each
+/// part explains itself when hovered.
+fn memory_bar(ui: &mut Ui, estimate: &MemoryEstimate, scale: u64) {
+    let color = |part: Part| {
+        let i = Part::ALL.iter().position(|p| *p == part).unwrap_or(0);
+        PART_COLORS[i % PART_COLORS.len()]
+    };
+    let device_parts: Vec<_> = estimate
         .parts
         .iter()
-        .zip(PART_COLORS.iter().cycle())
-        .map(|(p, color)| widgets::Segment {
-            name: p.name,
+        .filter(|p| p.place == Place::Device)
+        .collect();
+    let segments: Vec<widgets::Segment> = device_parts
+        .iter()
+        .map(|p| widgets::Segment {
+            name: &p.name,
             bytes: p.bytes,
-            color: *color,
+            color: color(p.part),
+            explanation: p.part.explanation(),
         })
         .collect();
-    let parts: Vec<String> = estimate
-        .parts
+    let parts: Vec<String> = device_parts
         .iter()
         .map(|p| format!("{} {}", p.name, widgets::bytes(p.bytes)))
         .collect();
-    let against = match (available, verdict) {
-        (Some(a), Some(v)) => format!(" of {} available: {}", widgets::bytes(a), v.words()),
-        _ => "; memory available unknown".into(),
+    let against = match estimate.available {
+        Some(a) => format!(
+            " of {} available: {}",
+            widgets::bytes(a),
+            verdict_words(estimate.verdict())
+        ),
+        None => "; memory available unknown".into(),
     };
     let description = format!(
         "{} memory: {}; total {}{against}",
         method_title(estimate.method),
         parts.join(", "),
-        widgets::bytes(estimate.total()),
+        widgets::bytes(estimate.total),
     );
-    let caption = available.map(|a| format!("{} available", widgets::bytes(a)));
+    let caption = estimate
+        .available
+        .map(|a| format!("{} available", widgets::bytes(a)));
     widgets::stacked_bar(
         ui,
         &segments,
         scale,
-        available.zip(caption.as_deref()),
+        estimate.available.zip(caption.as_deref()),
         description,
     );
+    if estimate.host_total > 0 {
+        ui.label(
+            RichText::new(format!(
+                "Plus {} in the computer's main memory (the optimizer state, offloaded).",
+                widgets::bytes(estimate.host_total)
+            ))
+            .small(),
+        );
+    }
+}
+
+/// The verdict in words, so that it never rests on colour alone.
+pub fn verdict_words(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Fits => "fits comfortably",
+        Verdict::Tight => "fits, but only just",
+        Verdict::DoesNotFit => "does not fit",
+        Verdict::Unknown => "memory available unknown",
+    }
 }
 
 /// "QLoRA needs about 1.41 GiB of the 7.80 GiB available: fits comfortably.", with the verdict's
 /// colour (`plain` where there is no verdict); the words say it without the colour.
 pub fn needs_line(comparison: &Comparison, method: Method, plain: Color32) -> (String, Color32) {
-    let total = widgets::bytes(comparison.of(method).total());
-    let color = match comparison.verdict(method) {
-        Some(Verdict::Comfortable) => GOOD,
-        Some(Verdict::Tight) => WARN,
-        Some(Verdict::TooBig) => BAD,
-        None => plain,
+    let estimate = comparison.of(method);
+    let total = widgets::bytes(estimate.total);
+    let color = match estimate.verdict() {
+        Verdict::Fits => GOOD,
+        Verdict::Tight => WARN,
+        Verdict::DoesNotFit => BAD,
+        Verdict::Unknown => plain,
     };
-    let text = match (comparison.available, comparison.verdict(method)) {
-        (Some(available), Some(v)) => format!(
+    let text = match estimate.available {
+        Some(available) => format!(
             "{} needs about {total} of the {} available: {}.",
             method_title(method),
             widgets::bytes(available),
-            v.words()
+            verdict_words(estimate.verdict())
         ),
-        _ => format!(
+        None => format!(
             "{} needs about {total}; the memory available is unknown, so enter an amount to plan for on the Method step.",
             method_title(method),
         ),

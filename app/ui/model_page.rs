@@ -8,8 +8,9 @@ use std::time::Instant;
 use egui::{RichText, Ui};
 
 use super::dialogs::{self, Picked};
-use super::fit::{Comparison, Recommendation, Verdict};
+use super::fit::{Comparison, Recommendation};
 use super::jobs::Job;
+use super::method_page::verdict_words;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::cache::{self, CachedModel};
 use crate::engine::chat::TemplateOrigin;
@@ -18,7 +19,6 @@ use crate::engine::generate::Sampling;
 use crate::engine::hub::{DownloadEvent, HubOptions};
 use crate::engine::model::LoadOptions;
 use crate::engine::source::{self, LoadedModel, ModelInfo, ModelSource, Resolve};
-use crate::engine::train::Method;
 
 enum OpenReport {
     Download(DownloadEvent),
@@ -572,31 +572,28 @@ impl ModelPage {
 /// "Can this machine train it", in one line with the colour of the answer (the words carry it too):
 /// the Method step's estimate for both methods at the current settings and data.
 fn fit_hint(c: &Comparison) -> (String, egui::Color32) {
+    let batch = c.batch();
     let needs = format!(
         "Training needs about {} with LoRA, {} with QLoRA ({} × {} tokens a batch)",
-        widgets::bytes(c.lora.total()),
-        widgets::bytes(c.qlora.total()),
-        c.shape.rows,
-        c.shape.longest
+        widgets::bytes(c.lora.total),
+        widgets::bytes(c.qlora.total),
+        batch.rows,
+        batch.longest
     );
-    let Some(available) = c.available else {
+    let Some(available) = c.available() else {
         return (
             format!("{needs}; the memory available is unknown: enter an amount to plan for on the Method step."),
             WARN,
         );
     };
-    let verdict = |m| c.verdict(m).map_or("", Verdict::words);
     let about = format!("{needs}; {} available", widgets::bytes(available));
+    let lora = verdict_words(c.lora.verdict());
     match c.recommendation() {
-        Some(Recommendation::Lora) => (
-            format!("{about}: LoRA {}.", verdict(Method::Lora)),
-            GOOD,
-        ),
+        Some(Recommendation::Lora) => (format!("{about}: LoRA {lora}."), GOOD),
         Some(Recommendation::Qlora) => (
             format!(
-                "{about}: LoRA {}, QLoRA {}. Choose QLoRA on the Method step.",
-                verdict(Method::Lora),
-                verdict(Method::Qlora)
+                "{about}: LoRA {lora}, QLoRA {}. Choose QLoRA on the Method step.",
+                verdict_words(c.qlora.verdict())
             ),
             WARN,
         ),

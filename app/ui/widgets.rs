@@ -153,6 +153,8 @@ pub struct Segment<'a> {
     pub name: &'a str,
     pub bytes: u64,
     pub color: Color32,
+    /// What the part is, in a sentence: shown when it is hovered.
+    pub explanation: &'a str,
 }
 
 /// A horizontal bar of parts laid end to end, drawn so that `scale` bytes fill the width (bars that
@@ -175,6 +177,8 @@ pub fn stacked_bar(
     );
     painter.rect_filled(bar, 2.0, ui.visuals().extreme_bg_color);
     let per_byte = bar.width() / scale.max(1) as f32;
+    let pointer = response.hover_pos();
+    let mut hovered = None;
     let mut x = bar.left();
     for s in segments {
         let w = s.bytes as f32 * per_byte;
@@ -183,6 +187,9 @@ pub fn stacked_bar(
             egui::pos2((x + w).min(bar.right()), bar.bottom()),
         );
         painter.rect_filled(piece, 0.0, s.color);
+        if pointer.is_some_and(|p| p.x >= piece.left() && p.x < piece.right()) {
+            hovered = Some(s);
+        }
         x += w;
     }
     if let Some((limit, caption)) = limit {
@@ -208,13 +215,18 @@ pub fn stacked_bar(
             ui.visuals().text_color(),
         );
     }
-    let response = response.on_hover_text(&description);
+    let hover = match hovered {
+        Some(s) => format!("{}: {}. {}", s.name, bytes(s.bytes), s.explanation),
+        None => description.clone(),
+    };
+    let response = response.on_hover_text_at_pointer(hover);
     describe_image(&response, description);
     ui.horizontal_wrapped(|ui| {
         for s in segments {
             let (swatch, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
             ui.painter().rect_filled(swatch, 2.0, s.color);
-            ui.label(RichText::new(format!("{} {}", s.name, bytes(s.bytes))).small());
+            ui.label(RichText::new(format!("{} {}", s.name, bytes(s.bytes))).small())
+                .on_hover_text(s.explanation);
             ui.add_space(6.0);
         }
     });

@@ -12,6 +12,7 @@ pub mod prepare;
 pub mod run;
 pub mod runs;
 pub mod session;
+pub mod sizing;
 pub mod step;
 pub mod trainer;
 

@@ -14,10 +14,11 @@ use serde_json::json;
 use super::checkpoint::{self, Skipped};
 use super::config::{LrChange, TrainConfig};
 use super::loss::masked_lm_loss;
-use super::memory::{self, StepMemory};
+use super::memory::{self, DeviceKind, MemoryEstimate};
 use super::optim::AdamW;
 use super::order::BatchOrder;
 use super::run::RunDir;
+use super::sizing::DataShape;
 use super::step::{pack, train_step, Batch, StepOutcome};
 use crate::engine::adapter;
 use crate::engine::data::Example;
@@ -315,24 +316,21 @@ impl Trainer {
         })
     }
 
-    /// On the CPU, whether the largest micro-batch cannot fit in the memory free now (see
-    /// [`super::memory`]); on a GPU, running out is an error the backend reports, so it is not guessed.
-    fn memory_problem(&self, trainable: u64) -> Option<(String, String)> {
+    /// On the CPU, whether the run's largest micro-batch cannot fit in memory, by the same
+    /// [`MemoryEstimate`] the Method page and `loft estimate` show. The model is loaded by now, so the
+    /// memory it can use is what the system has free plus what this process already holds.
+    /// On a GPU, running out is an error the backend reports, so it is not guessed.
+    fn memory_problem(&self) -> Option<(String, String)> {
         if !self.job.model.device().is_cpu() {
             return None;
         }
         let c = &self.job.config;
-        let longest = self.job.train.iter().map(|e| e.ids.len()).max()?;
-        let rows = c.micro_batch_size.min(self.job.train.len());
-        let tokens = rows * longest;
-        let need = StepMemory::estimate(
-            &self.job.model.arch,
-            tokens,
-            trainable,
-            c.gradient_checkpointing,
-        );
-        let available = memory::available_memory()?;
-        memory::does_not_fit(&need, available, rows, longest, c.gradient_checkpointing)
+        let data = DataShape::of(&self.job.train, c)?;
+        let available =
+            memory::available_memory()? + crate::engine::sysmem::resident().unwrap_or(0);
+        let estimate = MemoryEstimate::for_data(&self.job.model.arch, c, DeviceKind::Cpu, &data)
+            .with_available(Some(available));
+        memory::does_not_fit(&estimate)
     }
 
     fn send(&self, event: TrainEvent) {
@@ -346,7 +344,7 @@ impl Trainer {
             .adapters()
             .map(|(_, a)| a.parameter_count())
             .sum();
-        if let Some((reason, advice)) = self.memory_problem(trainable as u64) {
+        if let Some((reason, advice)) = self.memory_problem() {
             self.send(TrainEvent::Failed { reason, advice });
             return Ok(());
         }
