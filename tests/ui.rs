@@ -1053,3 +1053,40 @@ fn opening_a_run_folder_leaves_no_zombie_and_a_failure_is_shown() {
     wait_for(&mut h, "the failure", |h| has(h, "could not open"));
     assert!(children_running("false").is_empty());
 }
+
+#[test]
+fn qlora_on_a_model_s_own_quantized_blocks_is_offered_for_gguf_models_only() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    click(&mut h, "3. Method");
+    click(&mut h, "QLoRA");
+    click(&mut h, "Advanced");
+    assert!(has(&h, "Optimizer offload"));
+    // The combo sits below the fold of the page's scroll area.
+    h.get_by_label("4-bit weights (QLoRA)").scroll_to_me();
+    h.step();
+    h.get_by_label("4-bit weights (QLoRA)").click_accesskit();
+    h.run();
+    assert!(
+        h.get_by_label("source").accesskit_node().is_disabled(),
+        "a safetensors model has no quantized blocks of its own"
+    );
+    h.key_press(egui::Key::Escape);
+    h.run();
+    // Set another way (a remembered choice), it blocks the run with what to do.
+    h.state_mut().method.config.quant = loft::engine::train::QuantSource::Source;
+    h.step();
+    let blocker = h.state().blocker().unwrap_or_default();
+    assert!(blocker.contains("needs a GGUF model"), "{blocker}");
+
+    // Choosing LoRA resets it: the 4-bit format means nothing without QLoRA.
+    h.get_by_label("LoRA").click_accesskit();
+    h.run();
+    assert_eq!(
+        h.state().method.config.method,
+        loft::engine::train::Method::Lora
+    );
+    assert_eq!(h.state().blocker(), None);
+}
