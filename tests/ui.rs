@@ -405,6 +405,15 @@ fn when_neither_method_fits_the_page_says_what_would_and_applies_it() {
     let needs = bytes_after(&advice, "needs about");
     assert!(needs < 1024.0 * 1024.0 * 1024.0, "{advice}");
     assert!(has(&h, "Or a smaller model"));
+    // The Model step says the same, and whether a smaller run of this model fits at all.
+    click(&mut h, "1. Model");
+    let hint = text(&h, "Training needs about");
+    assert!(
+        hint.contains("neither fits at these settings, but")
+            && hint.contains("at 1 × 512 tokens with gradient checkpointing"),
+        "{hint}"
+    );
+    click(&mut h, "3. Method");
 
     click_first(&mut h, "Use these settings");
     let config = &h.state().method.config;

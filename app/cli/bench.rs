@@ -45,6 +45,12 @@ pub struct BenchTrainArgs {
     /// Recompute each layer in the backward pass instead of keeping its activations.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// lora (the base in f32) or qlora (the base quantized to NF4 as it loads).
+    #[arg(long, value_parser = ["lora", "qlora"], default_value = "lora")]
+    method: String,
+    /// Print one JSON object (memory figures in bytes) instead of the line for people.
+    #[arg(long)]
+    json: bool,
 }
 
 impl BenchTrainArgs {
@@ -56,6 +62,9 @@ impl BenchTrainArgs {
             gradient_checkpointing: self.gradient_checkpointing,
             ..TrainConfig::default()
         };
+        if self.method == "qlora" {
+            c.method = crate::engine::train::Method::Qlora;
+        }
         if let Some(b) = self.batch {
             c.micro_batch_size = b;
         }
@@ -81,6 +90,8 @@ impl BenchTrainArgs {
 pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let config = args.config()?;
     let files = args.model.resolve()?;
+    // What the process holds before the model: code, libraries, the runtime's own allocations.
+    let baseline_rss = crate::engine::sysmem::resident().unwrap_or(0);
     let (device, dtype) = device::best_device();
     let mut model: Model = source::load(
         &files,
@@ -91,6 +102,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         },
     )?
     .model;
+    let loaded_rss = crate::engine::sysmem::resident().unwrap_or(0);
     model.attach_lora(&config.lora, config.seed)?;
     model.set_gradient_checkpointing(config.gradient_checkpointing)?;
     let mut optimizer = optimizer_for(&model, &config)?;
@@ -143,6 +155,17 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     };
     let (per_step, cpu_per_step) = (steady(&times), steady(&cpu_times));
     let tokens = size * accum * seq;
+    if args.json {
+        let figures = serde_json::json!({
+            "method": config.method.name(),
+            "rows": size, "seq": seq, "grad_accum": accum,
+            "gradient_checkpointing": config.gradient_checkpointing,
+            "baseline_rss": baseline_rss, "loaded_rss": loaded_rss, "peak_rss": peak_rss(),
+            "seconds_per_step": per_step,
+        });
+        println!("{figures}");
+        return Ok(());
+    }
     println!(
         "loft{}  {size}x{seq} tokens x {accum} micro-batches, r={}, dropout {}, clip {}: {per_step:.2} s/step, {:.0} tokens/s, {cpu_per_step:.2} CPU s/step, peak RSS {:.2} GB ({})",
         if config.gradient_checkpointing {
@@ -177,4 +200,129 @@ fn cpu_seconds() -> f64 {
 /// Peak resident memory of this process, in bytes; 0 where the system does not say.
 fn peak_rss() -> u64 {
     crate::engine::sysmem::peak_resident().unwrap_or(0)
+}
+
+#[derive(Args)]
+pub struct BenchEstimateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Batch shapes to measure, rows × tokens, comma-separated.
+    #[arg(long, default_value = "4x256,2x512")]
+    shapes: String,
+    /// Optimizer steps per measurement (each in a fresh process).
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 2)]
+    grad_accum: usize,
+}
+
+/// `loft bench-estimate`: the memory estimate against the measured peak, for LoRA and QLoRA, with
+/// and without gradient checkpointing, at each batch shape. Each row trains a few real steps in a
+/// fresh `loft bench-train` process, so that one row's peak cannot hide in another's, and reads that
+/// process's peak resident memory (the CPU; a GPU's peak would come from its allocator).
+pub fn bench_estimate(args: BenchEstimateArgs) -> Result<()> {
+    use crate::engine::train::memory::{BatchShape, DeviceKind, MemoryEstimate, Part};
+    use crate::engine::train::Method;
+    let shapes: Vec<(usize, usize)> = args
+        .shapes
+        .split(',')
+        .map(|s| {
+            let (r, t) = s.trim().split_once('x').unwrap_or(("", ""));
+            match (r.parse(), t.parse()) {
+                (Ok(r), Ok(t)) if r > 0 && t > 1 => Ok((r, t)),
+                _ => Err(anyhow::anyhow!(
+                    "--shapes: `{s}` is not rows x tokens, e.g. 4x256"
+                )),
+            }
+        })
+        .collect::<Result<_>>()?;
+    let files = args.model.resolve()?;
+    let arch = crate::engine::source::inspect(&files)?.arch;
+    let exe = std::env::current_exe()?;
+    println!(
+        "CPU: {} threads; {}; {} steps of {} micro-batches per row, each row in a fresh process",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        args.model.model,
+        args.steps,
+        args.grad_accum
+    );
+    println!(
+        "{:<6} {:<5} {:>8}  {:>10} {:>10} {:>7}   {:>10} {:>10} {:>10}",
+        "method", "ckpt", "batch", "estimate", "measured", "error", "activ.", "logits", "baseline"
+    );
+    let mut worst: f64 = 0.0;
+    for method in [Method::Lora, Method::Qlora] {
+        for ckpt in [false, true] {
+            for &(rows, seq) in &shapes {
+                let mut command = std::process::Command::new(&exe);
+                command.args([
+                    "bench-train",
+                    "--model",
+                    &args.model.model,
+                    "--batch",
+                    &rows.to_string(),
+                    "--seq",
+                    &seq.to_string(),
+                    "--grad-accum",
+                    &args.grad_accum.to_string(),
+                    "--steps",
+                    &args.steps.to_string(),
+                    "--method",
+                    method.name(),
+                    "--json",
+                ]);
+                if ckpt {
+                    command.arg("--gradient-checkpointing");
+                }
+                if args.model.offline {
+                    command.arg("--offline");
+                }
+                let out = command.output()?;
+                if !out.status.success() {
+                    anyhow::bail!(
+                        "bench-train failed for {} {rows}x{seq}: {}",
+                        method.name(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let text = String::from_utf8_lossy(&out.stdout);
+                let figures: serde_json::Value =
+                    serde_json::from_str(text.lines().last().unwrap_or_default())
+                        .map_err(|e| anyhow::anyhow!("bench-train printed `{text}`: {e}"))?;
+                let measured = figures["peak_rss"].as_u64().unwrap_or(0);
+                let config = TrainConfig {
+                    method,
+                    gradient_checkpointing: ckpt,
+                    micro_batch_size: rows,
+                    max_seq_len: seq,
+                    grad_accum: args.grad_accum,
+                    ..TrainConfig::default()
+                };
+                let estimate = MemoryEstimate::new(
+                    &arch,
+                    &config,
+                    DeviceKind::Cpu,
+                    BatchShape { rows, longest: seq },
+                );
+                let error = 100.0 * (estimate.total as f64 - measured as f64) / measured as f64;
+                worst = worst.max(error.abs());
+                let gb = |b: u64| format!("{:.3} GB", b as f64 / 1e9);
+                println!(
+                    "{:<6} {:<5} {:>8}  {:>10} {:>10} {:>+6.1}%   {:>10} {:>10} {:>10}",
+                    method.name(),
+                    if ckpt { "on" } else { "off" },
+                    format!("{rows}x{seq}"),
+                    gb(estimate.total),
+                    gb(measured),
+                    error,
+                    gb(estimate.bytes(Part::Activations)),
+                    gb(estimate.bytes(Part::Logits)),
+                    gb(figures["baseline_rss"].as_u64().unwrap_or(0)),
+                );
+            }
+        }
+    }
+    println!("largest error: {worst:.1}%");
+    Ok(())
 }

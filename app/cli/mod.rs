@@ -44,6 +44,10 @@ enum Command {
     /// Measure training-step speed and peak memory on synthetic tokens (for scripts/bench_train.sh).
     #[command(hide = true)]
     BenchTrain(bench::BenchTrainArgs),
+    /// The memory estimate against the measured peak of real training steps, row by row (LoRA/QLoRA ×
+    /// checkpointing × batch shapes; each row in a fresh process).
+    #[command(hide = true)]
+    BenchEstimate(bench::BenchEstimateArgs),
     /// Open the window at a fixed size, optionally train a few steps, save a screenshot and print
     /// time-to-first-frame and frame-time figures as JSON (the smoke test and the UI benchmark).
     #[command(hide = true)]
@@ -62,6 +66,7 @@ pub fn main() -> i32 {
         Some(Command::Estimate(args)) => estimate::estimate(args).map(|()| 0),
         Some(Command::Train(args)) => train::train(*args),
         Some(Command::BenchTrain(args)) => bench::bench_train(args).map(|()| 0),
+        Some(Command::BenchEstimate(args)) => bench::bench_estimate(args).map(|()| 0),
         Some(Command::WindowCheck(args)) => window::window_check(args),
         None => Ok(crate::ui::run(crate::ui::WindowOptions {
             open: cli.open,

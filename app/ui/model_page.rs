@@ -10,7 +10,7 @@ use egui::{RichText, Ui};
 use super::dialogs::{self, Picked};
 use super::fit::{Comparison, Recommendation};
 use super::jobs::Job;
-use super::method_page::verdict_words;
+use super::method_page::{method_title, verdict_words};
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::cache::{self, CachedModel};
 use crate::engine::chat::TemplateOrigin;
@@ -19,6 +19,8 @@ use crate::engine::generate::Sampling;
 use crate::engine::hub::{DownloadEvent, HubOptions};
 use crate::engine::model::LoadOptions;
 use crate::engine::source::{self, LoadedModel, ModelInfo, ModelSource, Resolve};
+use crate::engine::train::memory::smallest_run;
+use crate::engine::train::Method;
 
 enum OpenReport {
     Download(DownloadEvent),
@@ -457,7 +459,7 @@ impl ModelPage {
             }
             Some(None) => {}
             Some(Some(comparison)) => {
-                let (text, color) = fit_hint(&comparison);
+                let (text, color) = fit_hint(&comparison, &info.arch);
                 ui.colored_label(color, text);
             }
         }
@@ -571,7 +573,7 @@ impl ModelPage {
 
 /// "Can this machine train it", in one line with the colour of the answer (the words carry it too):
 /// the Method step's estimate for both methods at the current settings and data.
-fn fit_hint(c: &Comparison) -> (String, egui::Color32) {
+fn fit_hint(c: &Comparison, arch: &crate::engine::arch::Arch) -> (String, egui::Color32) {
     let batch = c.batch();
     let needs = format!(
         "Training needs about {} with LoRA, {} with QLoRA ({} × {} tokens a batch)",
@@ -597,10 +599,32 @@ fn fit_hint(c: &Comparison) -> (String, egui::Color32) {
             ),
             WARN,
         ),
-        _ => (
-            format!("{about}: neither fits at these settings. The Method step says what would, or choose a smaller model."),
-            BAD,
-        ),
+        _ => {
+            // Whether any run of this model fits: the smallest sensible one, by the same estimate.
+            let smallest =
+                |method| smallest_run(arch, method, c.lora.device).with_available(Some(available));
+            let fitting = [Method::Lora, Method::Qlora]
+                .into_iter()
+                .map(smallest)
+                .find(|e| e.fits() == Some(true));
+            match fitting {
+                Some(e) => (
+                    format!(
+                        "{about}: neither fits at these settings, but {} does at 1 × 512 tokens with gradient checkpointing (about {}). The Method step says what would.",
+                        method_title(e.method),
+                        widgets::bytes(e.total)
+                    ),
+                    WARN,
+                ),
+                None => (
+                    format!(
+                        "{about}: too big even for the smallest run (QLoRA, 1 × 512 tokens, gradient checkpointing: about {}). Choose a smaller model.",
+                        widgets::bytes(smallest(Method::Qlora).total)
+                    ),
+                    BAD,
+                ),
+            }
+        }
     }
 }
 
