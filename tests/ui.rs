@@ -209,18 +209,9 @@ fn lora_settings_change_the_trainable_parameter_count() {
     // 2 layers × (q: 64→64, v: 64→32) × r=4 = 2 × 4 × (128 + 96).
     assert!(after.contains("Trainable parameters: 1,792 "), "{after}");
 
-    // The memory a step needs at the longest batch, growing with the batch's tokens.
-    wait_for(&mut h, "the device probe", |h| {
-        has(h, "Memory at the longest batch")
-    });
+    // The memory a run needs at the longest batch, growing with the batch's tokens.
     let activations = |h: &Harness<'static, LoftApp>| -> f64 {
-        let line = text(h, "Memory at the longest batch");
-        let value = line.split("activations ").nth(1).and_then(|rest| {
-            rest.split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<f64>().ok())
-        });
-        value.unwrap_or_else(|| panic!("no activations figure in {line:?}"))
+        bytes_after(&label_starting(h, "LoRA memory:"), "Activations")
     };
     h.state_mut().method.config.micro_batch_size = 16;
     h.state_mut().method.config.max_seq_len = 1024;
@@ -231,7 +222,246 @@ fn lora_settings_change_the_trainable_parameter_count() {
     let long = activations(&h);
     assert!(
         short > 0.0 && (long / short - 4.0).abs() < 0.5,
-        "4x the tokens: {long} GB of activations against {short} GB"
+        "4x the tokens: {long} bytes of activations against {short}"
+    );
+}
+
+/// The label of the one widget whose label starts with `prefix` (where a longer label also contains
+/// it: "QLoRA memory:" contains "LoRA memory:").
+fn label_starting<S>(h: &Harness<'static, S>, prefix: &str) -> String {
+    let found: Vec<String> = h
+        .query_all_by_label_contains(prefix)
+        .filter_map(|n| {
+            let node = n.accesskit_node();
+            node.label().or_else(|| node.value())
+        })
+        .filter(|l| l.starts_with(prefix))
+        .collect();
+    assert_eq!(found.len(), 1, "one label starting {prefix:?}: {found:?}");
+    found[0].clone()
+}
+
+/// The byte count written after `name ` in `text`, as the window writes them ("total 1.82 GiB").
+fn bytes_after(text: &str, name: &str) -> f64 {
+    let rest = text
+        .split(&format!("{name} "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {name:?} figure in {text:?}"));
+    let mut words = rest.split_whitespace();
+    let number: f64 = words
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {name:?} in {text:?}"));
+    let unit = words
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches([',', ';', ':', '.', ')']);
+    let scale = match unit {
+        "bytes" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unit {other:?} after {name:?} in {text:?}"),
+    };
+    number * scale
+}
+
+/// Texts the app put on the clipboard in the last frame.
+fn copied<S>(h: &Harness<'static, S>) -> Vec<String> {
+    h.output()
+        .platform_output
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            egui::OutputCommand::CopyText(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `loft train` line that "Copy CLI command" on the Train step copies.
+fn cli_line(h: &mut Harness<'static, LoftApp>) -> String {
+    click(h, "4. Train");
+    h.get_by_label("Copy CLI command").click();
+    h.step();
+    let lines = copied(h);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines[0].clone()
+}
+
+#[test]
+fn lora_and_qlora_side_by_side_change_the_estimate_the_verdict_and_the_cli_line() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[support::smollm2_gguf(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    wait_for(&mut h, "the device probe", |h| {
+        h.state().method.device.is_some()
+    });
+    click(&mut h, "3. Method");
+
+    // Sized by the data's real longest example, not batch size × max_seq_len.
+    let shape = text(&h, "Estimated for the longest batch of your data");
+    let longest: usize = shape
+        .split("4 × ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{shape}"));
+    assert!((16..1024).contains(&longest), "{shape}");
+
+    // Both estimates side by side; QLoRA holds the model's layers in about a seventh.
+    let lora = label_starting(&h, "LoRA memory:");
+    let qlora = label_starting(&h, "QLoRA memory:");
+    let layers = bytes_after(&lora, "Base weights (f32)")
+        / (bytes_after(&qlora, "Base weights (NF4)")
+            + bytes_after(&qlora, "Quantization constants (double-quantized absmax)"));
+    assert!((6.5..8.0).contains(&layers), "{lora}\n{qlora}");
+    let (lora_total, qlora_total) = (bytes_after(&lora, "total"), bytes_after(&qlora, "total"));
+    assert!(qlora_total < lora_total * 0.9, "{lora}\n{qlora}");
+
+    // Planned for memory between the two, only QLoRA fits, and the page says to choose it.
+    click(&mut h, "another amount");
+    let gib = 1024.0 * 1024.0 * 1024.0;
+    h.get_by_label("Memory to plan for (GiB)")
+        .set_value_accesskit((lora_total + qlora_total) / 2.0 / gib);
+    h.step();
+    h.step();
+    let lora = label_starting(&h, "LoRA memory:");
+    let qlora = label_starting(&h, "QLoRA memory:");
+    assert!(lora.ends_with("available: does not fit"), "{lora}");
+    assert!(qlora.contains("available: fits"), "{qlora}");
+    // The verdict in words, not in colour alone.
+    let verdict = label_starting(&h, "LoRA needs about");
+    assert!(verdict.ends_with("available: does not fit."), "{verdict}");
+    assert!(has(&h, "Recommended: QLoRA."));
+
+    // The Model step's hint gives the same figures.
+    click(&mut h, "1. Model");
+    let hint = text(&h, "Training needs about");
+    let total = |line: &str| {
+        line.split("total ")
+            .nth(1)
+            .and_then(|r| r.split(" of ").next())
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        hint.contains(&format!(
+            "about {} with LoRA, {} with QLoRA",
+            total(&lora),
+            total(&qlora)
+        )) && hint.contains("Choose QLoRA"),
+        "{hint}\n{lora}\n{qlora}"
+    );
+
+    // With LoRA chosen, the run's plan says it does not fit, and the command line trains LoRA.
+    let line = cli_line(&mut h);
+    assert!(!line.contains("--method"), "{line}");
+    let memory = text(&h, "Memory: ");
+    assert!(
+        memory.contains("Memory: LoRA needs about") && memory.ends_with("does not fit."),
+        "{memory}"
+    );
+
+    // Switching to QLoRA changes the plan's estimate and verdict, and the command line.
+    click(&mut h, "3. Method");
+    click(&mut h, "QLoRA");
+    assert_eq!(
+        h.state().method.config.method,
+        loft::engine::train::Method::Qlora
+    );
+    let line = cli_line(&mut h);
+    assert!(line.contains("--method qlora"), "{line}");
+    let memory = text(&h, "Memory: ");
+    assert!(
+        memory.contains(&format!("QLoRA needs about {}", total(&qlora)))
+            && memory.contains("available: fits"),
+        "{memory}"
+    );
+
+    // And back.
+    click(&mut h, "3. Method");
+    click(&mut h, "LoRA");
+    let line = cli_line(&mut h);
+    assert!(!line.contains("--method"), "{line}");
+}
+
+#[test]
+fn when_neither_method_fits_the_page_says_what_would_and_applies_it() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[support::smollm2_gguf(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    click(&mut h, "3. Method");
+    click(&mut h, "another amount");
+    h.get_by_label("Memory to plan for (GiB)")
+        .set_value_accesskit(1.0);
+    h.step();
+    h.step();
+    assert!(label_starting(&h, "QLoRA memory:").ends_with("does not fit"));
+    assert!(has(&h, "Neither method fits in 1.00 GiB. What would:"));
+    let advice = text(&h, "Turn on gradient checkpointing with QLoRA");
+    let needs = bytes_after(&advice, "needs about");
+    assert!(needs < 1024.0 * 1024.0 * 1024.0, "{advice}");
+    assert!(has(&h, "Or a smaller model"));
+    // The Model step says the same, and whether a smaller run of this model fits at all.
+    click(&mut h, "1. Model");
+    let hint = text(&h, "Training needs about");
+    assert!(
+        hint.contains("neither fits at these settings, but")
+            && hint.contains("at 1 × 512 tokens with gradient checkpointing"),
+        "{hint}"
+    );
+    click(&mut h, "3. Method");
+
+    click_first(&mut h, "Use these settings");
+    let config = &h.state().method.config;
+    assert!(config.gradient_checkpointing);
+    assert_eq!(config.method, loft::engine::train::Method::Qlora);
+    let qlora = label_starting(&h, "QLoRA memory:");
+    assert!(qlora.contains("available: fits"), "{qlora}");
+    assert_eq!(
+        bytes_after(&qlora, "total"),
+        needs,
+        "the advice's estimate is the page's"
+    );
+}
+
+#[test]
+fn a_qlora_run_names_itself_and_its_quantization_cost_shows_on_the_method_page() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    click(&mut h, "3. Method");
+    assert!(has(
+        &h,
+        "What 4 bits cost is measured before the first step"
+    ));
+    click(&mut h, "QLoRA");
+    click(&mut h, "4. Train");
+    click(&mut h, "Start training");
+    wait_for(&mut h, "the quantization cost", |h| {
+        h.state().train.quantization_cost.is_some()
+    });
+    let run = h.state().train.run_dir.clone().unwrap();
+    assert!(
+        run.display().to_string().ends_with("tiny-chat-qlora"),
+        "{run:?}"
+    );
+    let toml = std::fs::read_to_string(run.join("run.toml")).unwrap();
+    assert!(toml.contains("method = \"qlora\""), "{toml}");
+    click(&mut h, "Cancel");
+    wait_for(&mut h, "the cancel", |h| !h.state().train.is_running());
+    click(&mut h, "3. Method");
+    let (dense, quantized) = h.state().train.quantization_cost.unwrap();
+    let cost = text(&h, "the last QLoRA run measured what 4 bits cost");
+    assert!(
+        cost.contains(&format!(
+            "eval loss {dense:.3} with the full model, {quantized:.3} with the 4-bit one"
+        )),
+        "{cost}"
     );
 }
 
@@ -831,4 +1061,41 @@ fn opening_a_run_folder_leaves_no_zombie_and_a_failure_is_shown() {
     let mut h = with_opener("false");
     wait_for(&mut h, "the failure", |h| has(h, "could not open"));
     assert!(children_running("false").is_empty());
+}
+
+#[test]
+fn qlora_on_a_model_s_own_quantized_blocks_is_offered_for_gguf_models_only() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut h = app(runs.path());
+    drop_files(&mut h, &[tiny_chat_model(), sample_chat()]);
+    wait_for(&mut h, "model and data", |h| h.state().blocker().is_none());
+    click(&mut h, "3. Method");
+    click(&mut h, "QLoRA");
+    click(&mut h, "Advanced");
+    assert!(has(&h, "Optimizer offload"));
+    // The combo sits below the fold of the page's scroll area.
+    h.get_by_label("4-bit weights (QLoRA)").scroll_to_me();
+    h.step();
+    h.get_by_label("4-bit weights (QLoRA)").click_accesskit();
+    h.run();
+    assert!(
+        h.get_by_label("source").accesskit_node().is_disabled(),
+        "a safetensors model has no quantized blocks of its own"
+    );
+    h.key_press(egui::Key::Escape);
+    h.run();
+    // Set another way (a remembered choice), it blocks the run with what to do.
+    h.state_mut().method.config.quant = loft::engine::train::QuantSource::Source;
+    h.step();
+    let blocker = h.state().blocker().unwrap_or_default();
+    assert!(blocker.contains("needs a GGUF model"), "{blocker}");
+
+    // Choosing LoRA resets it: the 4-bit format means nothing without QLoRA.
+    h.get_by_label("LoRA").click_accesskit();
+    h.run();
+    assert_eq!(
+        h.state().method.config.method,
+        loft::engine::train::Method::Lora
+    );
+    assert_eq!(h.state().blocker(), None);
 }

@@ -10,13 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use super::data_page::{self, DataPage};
 use super::jobs::Job;
-use super::method_page::{DeviceInfo, MethodPage};
+use super::method_page::{self, DeviceInfo, MethodContext, MethodPage};
 use super::model_page::ModelPage;
 use super::remembered::Remembered;
 use super::runs_page::{self, RunsPage};
 use super::train_page::{self, TrainPage};
 use super::widgets::{self, GOOD};
 use crate::engine::data::SplitSpec;
+use crate::engine::source::WeightFiles;
+use crate::engine::train::memory::DeviceKind;
 use crate::engine::train::run::{sha256_file, slug, timestamp, RunDir, RunSpec};
 use crate::engine::train::runs::{Curves, RunSummary};
 use crate::engine::train::TrainCommand;
@@ -220,6 +222,13 @@ impl LoftApp {
         self.data.refresh(ctx, model_files, &self.method.config);
     }
 
+    /// Whether the opened model is a GGUF file (whose own quantized blocks QLoRA can train against).
+    fn model_is_gguf(&self) -> bool {
+        self.model
+            .info()
+            .is_some_and(|i| matches!(i.files.weights, WeightFiles::Gguf(_)))
+    }
+
     /// Why training cannot start yet, or None.
     pub fn blocker(&self) -> Option<String> {
         if !self.model.is_done() {
@@ -228,7 +237,7 @@ impl LoftApp {
         if let Some(b) = self.data.blocker() {
             return Some(format!("{b} (step Data)"));
         }
-        if let Some(b) = self.method.blocker() {
+        if let Some(b) = self.method.blocker(self.model_is_gguf()) {
             return Some(format!("{b} (step Method)"));
         }
         if self.start_job.is_some() {
@@ -294,6 +303,10 @@ impl LoftApp {
             folder: self
                 .runs_dir
                 .join(format!("{}-{}", timestamp(), slug(&spec.name))),
+            memory: self.model.info().map(|i| {
+                let comparison = self.method.comparison(&i.arch, self.data.lengths());
+                method_page::needs_line(&comparison, config.method, egui::Color32::PLACEHOLDER)
+            }),
         }))
     }
 
@@ -302,7 +315,7 @@ impl LoftApp {
         let model = self.model.spec()?.to_string();
         let data = self.data.train_file()?.path.clone();
         Some(RunSpec {
-            name: run_name(&model),
+            name: run_name(&model, self.method.config.method),
             model,
             data,
             data_sha256: String::new(),
@@ -481,7 +494,10 @@ impl LoftApp {
         match page {
             Page::Model => (self.model.is_done(), self.model.status()),
             Page::Data => (self.data.blocker().is_none(), self.data.status()),
-            Page::Method => (self.method.blocker().is_none(), self.method.status()),
+            Page::Method => (
+                self.method.blocker(self.model_is_gguf()).is_none(),
+                self.method.status(self.model_is_gguf()),
+            ),
             Page::Train => (
                 matches!(self.train.phase, train_page::Phase::Finished { .. }),
                 self.train.status(),
@@ -511,14 +527,26 @@ impl LoftApp {
         let ctx = ui.ctx().clone();
         match self.page {
             Page::Model => {
-                let memory = self.method.device.as_ref().map(|d| d.total_memory);
-                self.model.ui(ui, memory);
+                // The same estimate as the Method step's, once the device probe has said how much
+                // memory there is.
+                let fit = self.method.device.as_ref().map(|_| {
+                    self.model
+                        .info()
+                        .map(|i| self.method.comparison(&i.arch, self.data.lengths()))
+                });
+                self.model.ui(ui, fit);
             }
             Page::Data => self.data.ui(ui, self.method.config.max_seq_len),
             Page::Method => {
-                let arch = self.model.info().map(|i| i.arch.clone());
-                let total = self.model.info().map(|i| i.parameters);
-                self.method.ui(ui, arch.as_ref(), total);
+                let info = self.model.info();
+                let context = MethodContext {
+                    arch: info.map(|i| &i.arch),
+                    total_parameters: info.map(|i| i.parameters),
+                    gguf: self.model_is_gguf(),
+                    data: self.data.lengths(),
+                    quantization_cost: self.train.quantization_cost,
+                };
+                self.method.ui(ui, &context);
             }
             Page::Train => {
                 let draft = self.draft_spec().map(|spec| {
@@ -561,12 +589,12 @@ fn next_page(page: Page) -> Option<Page> {
     }
 }
 
-/// A run's folder name from its model: "SmolLM2-135M-Instruct-lora".
-fn run_name(model: &str) -> String {
+/// A run's folder name from its model and method: "SmolLM2-135M-Instruct-qlora".
+fn run_name(model: &str, method: crate::engine::train::Method) -> String {
     let stem = Path::new(model.trim_end_matches('/'))
         .file_stem()
         .map_or("run".into(), |s| s.to_string_lossy().into_owned());
-    format!("{stem}-lora")
+    format!("{stem}-{}", method.name())
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -586,10 +614,15 @@ fn describe_device() -> DeviceInfo {
         ),
         _ => described,
     };
+    let kind = if device.is_cuda() {
+        DeviceKind::Cuda
+    } else {
+        DeviceKind::Cpu
+    };
     DeviceInfo {
         name,
-        cpu: device.is_cpu(),
-        free_memory: crate::engine::train::memory::available_memory(),
+        kind,
+        free_memory: crate::engine::train::memory::available_for(kind, None),
         total_memory: crate::engine::device::system_memory(),
     }
 }

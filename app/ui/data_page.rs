@@ -12,6 +12,7 @@ use egui_plot::{Bar, BarChart, Plot, VLine};
 use serde::{Deserialize, Serialize};
 
 use super::dialogs::{self, PathEntry, Picked};
+use super::fit::EncodedLengths;
 use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::data::{
@@ -46,6 +47,8 @@ struct Checked {
     rows: BTreeMap<usize, String>,
     /// Why the check ran without the model (token counts and the preview need its tokenizer).
     without_model: Option<String>,
+    /// The encoded examples' lengths, for the memory estimate (with a model only).
+    lengths: Option<EncodedLengths>,
 }
 
 pub struct DataFile {
@@ -146,6 +149,12 @@ impl DataPage {
     }
 
     /// The held-out fraction when evaluating on a split of the training file.
+    /// The training file's encoded lengths, once it has been checked with the model's tokenizer:
+    /// what the memory estimate sizes the largest batch by.
+    pub fn lengths(&self) -> Option<&EncodedLengths> {
+        self.train_file()?.checked.as_ref()?.lengths.as_ref()
+    }
+
     pub fn eval_fraction(&self) -> f64 {
         match self.eval {
             EvalChoice::Split(p) if self.eval_file().is_none() => p / 100.0,
@@ -411,14 +420,14 @@ fn check(
     };
     let tools = tools.and_then(|t| t.ok());
     let mut progress = |p| r.send(Report::Progress(p));
-    let checked = data::check_file(
+    let checked = data::check_file_encoded(
         path,
         &ValidateOptions::default(),
         tools.as_ref().map(|t| (t, options)),
         &mut progress,
         r.cancel_flag(),
     );
-    let (report, dataset) = match checked {
+    let (report, dataset, encoded) = match checked {
         Ok(c) => c,
         Err(e) => return r.send(Report::Failed(e.to_string())),
     };
@@ -438,11 +447,13 @@ fn check(
         _ => Vec::new(),
     };
     let rows = error_rows(&report);
+    let lengths = encoded.and_then(|e| EncodedLengths::of(&e.examples));
     r.send(Report::Done(Box::new(Checked {
         report,
         previews,
         rows,
         without_model,
+        lengths,
     })));
 }
 

@@ -5,6 +5,7 @@
 //! app.rs        the frame: step bar, page routing, dropped files, closing while a run saves
 //! remembered.rs what is kept between launches, read leniently across upgrades
 //! *_page.rs     one step each: model, data, method, train, runs
+//! fit.rs        LoRA and QLoRA memory side by side: verdicts, the recommendation, what would fit
 //! jobs.rs       background work with progress and cancel
 //! dialogs.rs    native file dialogs, off the UI thread, and a typed path where none can open
 //! widgets.rs    help buttons, labelled fields, plots with text summaries, number formats
@@ -13,6 +14,7 @@
 mod app;
 mod data_page;
 mod dialogs;
+mod fit;
 mod jobs;
 mod method_page;
 mod model_page;

@@ -8,7 +8,9 @@ use std::time::Instant;
 use egui::{RichText, Ui};
 
 use super::dialogs::{self, Picked};
+use super::fit::{Comparison, Recommendation};
 use super::jobs::Job;
+use super::method_page::{method_title, verdict_words};
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::cache::{self, CachedModel};
 use crate::engine::chat::TemplateOrigin;
@@ -17,6 +19,8 @@ use crate::engine::generate::Sampling;
 use crate::engine::hub::{DownloadEvent, HubOptions};
 use crate::engine::model::LoadOptions;
 use crate::engine::source::{self, LoadedModel, ModelInfo, ModelSource, Resolve};
+use crate::engine::train::memory::smallest_run;
+use crate::engine::train::Method;
 
 enum OpenReport {
     Download(DownloadEvent),
@@ -238,9 +242,9 @@ impl ModelPage {
         self.open_job.is_some() || self.chat_job.is_some()
     }
 
-    /// `memory`: the machine's memory as the device probe found it (None while it runs, Some(None) when
-    /// it could not tell).
-    pub fn ui(&mut self, ui: &mut Ui, memory: Option<Option<u64>>) {
+    /// `fit`: LoRA and QLoRA for the opened model against the memory available, as the Method step
+    /// estimates them (None while the device probe runs; Some(None) while no model is open).
+    pub fn ui(&mut self, ui: &mut Ui, fit: Option<Option<Comparison>>) {
         let ctx = ui.ctx().clone();
         match dialogs::poll(&mut self.dialog) {
             Some(Picked::Paths(paths)) => {
@@ -324,7 +328,7 @@ impl ModelPage {
         self.cache_ui(ui, &ctx);
         if self.opened.is_some() {
             ui.separator();
-            self.info_ui(ui, memory);
+            self.info_ui(ui, fit);
             ui.separator();
             // Ids of its own keep the prompt's focus (and a click on Send) when rows above appear.
             let own_ids = egui::UiBuilder::new().scope_id(egui::Id::unique("loft-try-it"));
@@ -416,7 +420,7 @@ impl ModelPage {
             });
     }
 
-    fn info_ui(&self, ui: &mut Ui, memory: Option<Option<u64>>) {
+    fn info_ui(&self, ui: &mut Ui, fit: Option<Option<Comparison>>) {
         let Some((spec, info)) = &self.opened else {
             return;
         };
@@ -457,12 +461,13 @@ impl ModelPage {
             ui.label(crate::engine::units::bytes(info.size_on_disk));
             ui.end_row();
         });
-        match memory {
+        match fit {
             None => {
                 ui.label(RichText::new("Measuring this machine's memory…").weak());
             }
-            Some(memory) => {
-                let (text, color) = fit_hint(&info.arch, memory);
+            Some(None) => {}
+            Some(Some(comparison)) => {
+                let (text, color) = fit_hint(&comparison, &info.arch);
                 ui.colored_label(color, text);
             }
         }
@@ -574,48 +579,60 @@ impl ModelPage {
     }
 }
 
-/// "Can this machine train it", in one line, with the colour of the answer: the smallest sensible
-/// run (one row of 512 tokens, gradient checkpointing) by the same estimate the Method page and the
-/// trainer use, LoRA first, then QLoRA. `memory`: the machine's total memory, read once by the device
-/// probe (never per frame: it is a file read).
-fn fit_hint(arch: &crate::engine::arch::Arch, memory: Option<u64>) -> (String, egui::Color32) {
-    use crate::engine::train::memory::{smallest_run, DeviceKind, Verdict};
-    use crate::engine::train::Method;
-    let Some(memory) = memory else {
+/// "Can this machine train it", in one line with the colour of the answer (the words carry it too):
+/// the Method step's estimate for both methods at the current settings and data.
+fn fit_hint(c: &Comparison, arch: &crate::engine::arch::Arch) -> (String, egui::Color32) {
+    let batch = c.batch();
+    let needs = format!(
+        "Training needs about {} with LoRA, {} with QLoRA ({} × {} tokens a batch)",
+        widgets::bytes(c.lora.total),
+        widgets::bytes(c.qlora.total),
+        batch.rows,
+        batch.longest
+    );
+    let Some(available) = c.available() else {
         return (
-            "Memory of this machine unknown: cannot judge whether it fits.".into(),
+            format!("{needs}; the memory available is unknown: enter an amount to plan for on the Method step."),
             WARN,
         );
     };
-    let judge = |method| smallest_run(arch, method, DeviceKind::Cpu).with_available(Some(memory));
-    let (lora, qlora) = (judge(Method::Lora), judge(Method::Qlora));
-    let about = |e: &crate::engine::train::memory::MemoryEstimate, name: &str| {
-        format!(
-            "{name} training needs about {} here (1 × 512 tokens, gradient checkpointing); this machine has {}",
-            widgets::bytes(e.total),
-            widgets::bytes(memory)
-        )
-    };
-    match (lora.verdict(), qlora.verdict()) {
-        (Verdict::Fits, _) => (format!("{}: fits.", about(&lora, "LoRA")), GOOD),
-        (Verdict::Tight, _) => (
+    let about = format!("{needs}; {} available", widgets::bytes(available));
+    let lora = verdict_words(c.lora.verdict());
+    match c.recommendation() {
+        Some(Recommendation::Lora) => (format!("{about}: LoRA {lora}."), GOOD),
+        Some(Recommendation::Qlora) => (
             format!(
-                "{}: tight. Use a small batch, or QLoRA.",
-                about(&lora, "LoRA")
+                "{about}: LoRA {lora}, QLoRA {}. Choose QLoRA on the Method step.",
+                verdict_words(c.qlora.verdict())
             ),
             WARN,
         ),
-        (_, Verdict::Fits | Verdict::Tight) => (
-            format!("{}: fits with QLoRA only.", about(&qlora, "QLoRA")),
-            WARN,
-        ),
-        _ => (
-            format!(
-                "{}: too big. Choose a smaller model.",
-                about(&qlora, "Even QLoRA")
-            ),
-            BAD,
-        ),
+        _ => {
+            // Whether any run of this model fits: the smallest sensible one, by the same estimate.
+            let smallest =
+                |method| smallest_run(arch, method, c.lora.device).with_available(Some(available));
+            let fitting = [Method::Lora, Method::Qlora]
+                .into_iter()
+                .map(smallest)
+                .find(|e| e.fits() == Some(true));
+            match fitting {
+                Some(e) => (
+                    format!(
+                        "{about}: neither fits at these settings, but {} does at 1 × 512 tokens with gradient checkpointing (about {}). The Method step says what would.",
+                        method_title(e.method),
+                        widgets::bytes(e.total)
+                    ),
+                    WARN,
+                ),
+                None => (
+                    format!(
+                        "{about}: too big even for the smallest run (QLoRA, 1 × 512 tokens, gradient checkpointing: about {}). Choose a smaller model.",
+                        widgets::bytes(smallest(Method::Qlora).total)
+                    ),
+                    BAD,
+                ),
+            }
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Plan {
     pub epochs: Option<f64>,
     /// The run's folder as it will be named (its time stamp is taken at the start).
     pub folder: PathBuf,
+    /// What the chosen method needs in memory against what is available, in words, and its colour.
+    pub memory: Option<(String, egui::Color32)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -437,6 +439,9 @@ fn plan_ui(ui: &mut Ui, plan: Option<Result<Plan, String>>) {
                 "left out"
             }
         ));
+    }
+    if let Some((memory, color)) = &plan.memory {
+        ui.colored_label(*color, format!("Memory: {memory}"));
     }
     ui.label(format!(
         "The run goes to {} (its settings, metrics, checkpoints and the adapter).",

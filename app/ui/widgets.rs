@@ -148,6 +148,91 @@ fn figure(v: f64) -> String {
     }
 }
 
+/// One segment of a [`stacked_bar`].
+pub struct Segment<'a> {
+    pub name: &'a str,
+    pub bytes: u64,
+    pub color: Color32,
+    /// What the part is, in a sentence: shown when it is hovered.
+    pub explanation: &'a str,
+}
+
+/// A horizontal bar of parts laid end to end, drawn so that `scale` bytes fill the width (bars that
+/// share a scale can be compared by eye), with a marked line at `limit` bytes and its caption. Below
+/// it a legend names every part with its size, so nothing rests on colour alone; screen readers read
+/// the whole bar as `description`.
+pub fn stacked_bar(
+    ui: &mut Ui,
+    segments: &[Segment],
+    scale: u64,
+    limit: Option<(u64, &str)>,
+    description: String,
+) -> egui::Response {
+    let width = ui.available_width().min(560.0);
+    let (rect, response) = ui.allocate_exact_size(egui::vec2(width, 34.0), egui::Sense::hover());
+    let painter = ui.painter_at(rect.expand(2.0));
+    let bar = egui::Rect::from_min_max(
+        egui::pos2(rect.left(), rect.top() + 14.0),
+        egui::pos2(rect.right(), rect.bottom()),
+    );
+    painter.rect_filled(bar, 2.0, ui.visuals().extreme_bg_color);
+    let per_byte = bar.width() / scale.max(1) as f32;
+    let pointer = response.hover_pos();
+    let mut hovered = None;
+    let mut x = bar.left();
+    for s in segments {
+        let w = s.bytes as f32 * per_byte;
+        let piece = egui::Rect::from_min_max(
+            egui::pos2(x, bar.top()),
+            egui::pos2((x + w).min(bar.right()), bar.bottom()),
+        );
+        painter.rect_filled(piece, 0.0, s.color);
+        if pointer.is_some_and(|p| p.x >= piece.left() && p.x < piece.right()) {
+            hovered = Some(s);
+        }
+        x += w;
+    }
+    if let Some((limit, caption)) = limit {
+        let lx = bar.left() + (limit as f32 * per_byte).min(bar.width());
+        let stroke = egui::Stroke::new(2.0, ui.visuals().strong_text_color());
+        painter.line_segment(
+            [
+                egui::pos2(lx, rect.top() + 12.0),
+                egui::pos2(lx, rect.bottom() + 2.0),
+            ],
+            stroke,
+        );
+        let align = if lx > rect.center().x {
+            egui::Align2::RIGHT_TOP
+        } else {
+            egui::Align2::LEFT_TOP
+        };
+        painter.text(
+            egui::pos2(lx, rect.top()),
+            align,
+            caption,
+            egui::FontId::proportional(11.0),
+            ui.visuals().text_color(),
+        );
+    }
+    let hover = match hovered {
+        Some(s) => format!("{}: {}. {}", s.name, bytes(s.bytes), s.explanation),
+        None => description.clone(),
+    };
+    let response = response.on_hover_text_at_pointer(hover);
+    describe_image(&response, description);
+    ui.horizontal_wrapped(|ui| {
+        for s in segments {
+            let (swatch, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+            ui.painter().rect_filled(swatch, 2.0, s.color);
+            ui.label(RichText::new(format!("{} {}", s.name, bytes(s.bytes))).small())
+                .on_hover_text(s.explanation);
+            ui.add_space(6.0);
+        }
+    });
+    response
+}
+
 /// Byte counts read the same in the window as in the CLI and the engine's messages.
 pub use crate::engine::units::bytes;
 

@@ -50,26 +50,46 @@ pub fn check_file(
     progress: &mut dyn FnMut(Progress),
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<(ValidationReport, Option<Dataset>), DataError> {
+    check_file_encoded(path, options, encode, progress, cancel).map(|(r, d, _)| (r, d))
+}
+
+/// [`check_file`], also giving the encoded examples when it encoded them (the app sizes a run's
+/// memory by them without encoding the file twice).
+pub fn check_file_encoded(
+    path: &std::path::Path,
+    options: &ValidateOptions,
+    encode: Option<(&TextTools, &EncodeOptions)>,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<(ValidationReport, Option<Dataset>, Option<Encoded>), DataError> {
     match validate_file(path, options, progress, cancel) {
         Ok(Validated {
             mut report,
             dataset,
         }) => {
-            if let Some((tools, encode)) = encode {
-                let encoded = encode_dataset(
-                    &dataset,
-                    &tools.tokenizer,
-                    &tools.template,
-                    encode,
-                    progress,
-                    cancel,
-                )?;
-                report.add_encoding(&encoded);
-            }
-            Ok((report, Some(dataset)))
+            let encoded = match encode {
+                Some((tools, encode)) => {
+                    let encoded = encode_dataset(
+                        &dataset,
+                        &tools.tokenizer,
+                        &tools.template,
+                        encode,
+                        progress,
+                        cancel,
+                    )?;
+                    report.add_encoding(&encoded);
+                    Some(encoded)
+                }
+                None => None,
+            };
+            Ok((report, Some(dataset), encoded))
         }
         Err(DataError::Cancelled) => Err(DataError::Cancelled),
-        Err(e) => Ok((ValidationReport::unreadable(path.to_path_buf(), &e), None)),
+        Err(e) => Ok((
+            ValidationReport::unreadable(path.to_path_buf(), &e),
+            None,
+            None,
+        )),
     }
 }
 
