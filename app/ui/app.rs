@@ -623,7 +623,6 @@ fn describe_device() -> DeviceInfo {
         name,
         kind,
         free_memory: crate::engine::train::memory::available_for(kind, None),
-        total_memory: crate::engine::device::system_memory(),
     }
 }
 

@@ -33,8 +33,6 @@ pub struct DeviceInfo {
     /// Memory the device could give Loft at the time: the system's MemAvailable on the CPU, the
     /// GPU's free memory (nvidia-smi) on CUDA.
     pub free_memory: Option<u64>,
-    /// The machine's memory (MemTotal).
-    pub total_memory: Option<u64>,
 }
 
 /// What the Method page needs from the other steps.
