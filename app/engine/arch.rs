@@ -160,6 +160,18 @@ pub struct Arch {
     pub quantization: Option<Quantization>,
 }
 
+/// SmolLM2-135M's architecture, for unit tests that size runs.
+#[cfg(test)]
+pub(crate) fn smollm2_for_tests() -> Arch {
+    let config = serde_json::json!({
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+        "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+        "num_key_value_heads": 3, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0, "tie_word_embeddings": true
+    });
+    Arch::from_config(&config, Path::new("config.json")).expect("a valid config")
+}
+
 /// A checkpoint published quantized, as config.json's `quantization_config` describes it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Quantization {

@@ -4,54 +4,9 @@
 //! check the advice.
 
 use crate::engine::arch::Arch;
-use crate::engine::data::Example;
 use crate::engine::train::memory::{BatchShape, Change, DeviceKind, MemoryEstimate, Verdict};
-use crate::engine::train::sizing::DataShape;
+pub use crate::engine::train::sizing::EncodedLengths;
 use crate::engine::train::{Method, QuantSource, TrainConfig};
-
-/// What the memory estimate needs from the encoded training file, kept by the Data step's check so
-/// that the batch size can change without encoding again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedLengths {
-    /// Examples left after encoding (rows over max_seq_len cut or left out, as training does).
-    pub examples: usize,
-    /// The longest example in tokens.
-    pub longest: usize,
-    /// Each example's trained positions (those whose next token carries loss), most first.
-    pub trained_most_first: Vec<usize>,
-}
-
-impl EncodedLengths {
-    /// `None` when no example is left.
-    pub fn of(examples: &[Example]) -> Option<EncodedLengths> {
-        let longest = examples.iter().map(Example::len).max()?;
-        // As `DataShape::of` counts them: the loss's targets are positions 1.. whose mask is set.
-        let mut trained: Vec<usize> = examples
-            .iter()
-            .map(|e| e.mask.iter().skip(1).filter(|m| **m).count())
-            .collect();
-        trained.sort_unstable_by(|a, b| b.cmp(a));
-        Some(EncodedLengths {
-            examples: examples.len(),
-            longest,
-            trained_most_first: trained,
-        })
-    }
-
-    /// The largest micro-batch these examples make with `config`'s batch size: the same
-    /// [`DataShape`] that `loft estimate --data` and the trainer's check compute from the examples.
-    pub fn shape(&self, config: &TrainConfig) -> DataShape {
-        let batch = BatchShape {
-            rows: config.micro_batch_size.min(self.examples).max(1),
-            longest: self.longest.min(config.max_seq_len).max(1),
-        };
-        DataShape {
-            batch,
-            trained_tokens: self.trained_most_first.iter().take(batch.rows).sum(),
-            examples: self.examples,
-        }
-    }
-}
 
 /// Settings that make a run smaller, with QLoRA's total after them and whether that fits.
 #[derive(Debug, Clone, PartialEq)]
@@ -208,15 +163,10 @@ pub fn apply(change: &Change, config: &mut TrainConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::data::Example;
 
     fn smollm2() -> Arch {
-        let config = serde_json::json!({
-            "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
-            "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-            "num_key_value_heads": 3, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
-            "rope_theta": 100000.0, "tie_word_embeddings": true
-        });
-        Arch::from_config(&config, std::path::Path::new("config.json")).unwrap()
+        crate::engine::arch::smollm2_for_tests()
     }
 
     const GIB: u64 = 1 << 30;
@@ -230,22 +180,35 @@ mod tests {
         }
     }
 
+    /// The kept lengths give the largest micro-batch at any batch size and max_seq_len: the longest
+    /// example (cut to max_seq_len) and the most trained positions that many rows can hold.
     #[test]
-    fn the_kept_lengths_give_the_engine_s_data_shape_at_any_batch_size() {
+    fn the_kept_lengths_size_the_batch_at_any_batch_size() {
         let examples: Vec<Example> = [(216, 80), (40, 30), (150, 120), (90, 10), (216, 5)]
             .iter()
             .map(|(l, t)| example(*l, *t))
             .collect();
         let lengths = EncodedLengths::of(&examples).unwrap();
-        for (batch, max_seq_len) in [(1, 1024), (2, 1024), (4, 100), (16, 1024)] {
+        for (batch, max_seq_len, rows, longest, trained) in [
+            (1, 1024, 1, 216, 120),
+            (2, 1024, 2, 216, 200),
+            (4, 100, 4, 100, 240),
+            (16, 1024, 5, 216, 245),
+        ] {
             let config = TrainConfig {
                 micro_batch_size: batch,
                 max_seq_len,
                 ..TrainConfig::default()
             };
+            let shape = lengths.shape(&config);
             assert_eq!(
-                Some(lengths.shape(&config)),
-                DataShape::of(&examples, &config),
+                (
+                    shape.batch.rows,
+                    shape.batch.longest,
+                    shape.trained_tokens,
+                    shape.examples
+                ),
+                (rows, longest, trained, 5),
                 "batch {batch}, max_seq_len {max_seq_len}"
             );
         }

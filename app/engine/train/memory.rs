@@ -907,13 +907,7 @@ mod tests {
     use super::*;
 
     fn smollm2() -> Arch {
-        let config = serde_json::json!({
-            "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
-            "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-            "num_key_value_heads": 3, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
-            "rope_theta": 100000.0, "tie_word_embeddings": true
-        });
-        Arch::from_config(&config, std::path::Path::new("config.json")).unwrap()
+        crate::engine::arch::smollm2_for_tests()
     }
 
     fn config(method: Method, checkpointing: bool) -> TrainConfig {

@@ -128,19 +128,50 @@ pub struct DataShape {
 impl DataShape {
     /// From encoded examples; `None` when there are none.
     pub fn of(examples: &[Example], config: &TrainConfig) -> Option<DataShape> {
-        let lengths: Vec<usize> = examples.iter().map(|e| e.len()).collect();
-        let batch = BatchShape::from_lengths(&lengths, config)?;
-        // A row's trained positions are those whose next token is trained (the loss's targets).
+        EncodedLengths::of(examples).map(|lengths| lengths.shape(config))
+    }
+}
+
+/// What the memory estimate needs from encoded examples; the app's Data step keeps it, so the batch
+/// size can change without encoding again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedLengths {
+    /// Examples left after encoding (rows over max_seq_len cut or left out, as training does).
+    pub examples: usize,
+    /// The longest example in tokens.
+    pub longest: usize,
+    /// Each example's trained positions (those whose next token carries loss), most first.
+    pub trained_most_first: Vec<usize>,
+}
+
+impl EncodedLengths {
+    /// `None` when no example is left.
+    pub fn of(examples: &[Example]) -> Option<EncodedLengths> {
+        let longest = examples.iter().map(Example::len).max()?;
+        // The loss's targets are positions 1.. whose mask is set.
         let mut trained: Vec<usize> = examples
             .iter()
             .map(|e| e.mask.iter().skip(1).filter(|m| **m).count())
             .collect();
         trained.sort_unstable_by(|a, b| b.cmp(a));
-        Some(DataShape {
-            batch,
-            trained_tokens: trained.iter().take(batch.rows).sum(),
+        Some(EncodedLengths {
             examples: examples.len(),
+            longest,
+            trained_most_first: trained,
         })
+    }
+
+    /// The largest micro-batch these examples make with `config`'s batch size.
+    pub fn shape(&self, config: &TrainConfig) -> DataShape {
+        let batch = BatchShape {
+            rows: config.micro_batch_size.min(self.examples).max(1),
+            longest: self.longest.min(config.max_seq_len).max(1),
+        };
+        DataShape {
+            batch,
+            trained_tokens: self.trained_most_first.iter().take(batch.rows).sum(),
+            examples: self.examples,
+        }
     }
 }
 
