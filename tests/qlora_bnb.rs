@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
-use loft::engine::adapter::{self, peft_key};
+use loft::engine::adapter;
 use loft::engine::arch::Arch;
 use loft::engine::generate::{generate, Sampling};
 use loft::engine::gguf::GgufModel;
@@ -149,33 +149,19 @@ fn qlora_on_the_bnb_checkpoint_gives_peft_logits_loss_and_gradients() {
     assert!((got - want).abs() < 1e-5, "loss {got} vs PEFT's {want}");
     println!("loss {got} vs PEFT's {want}");
     let grads = loss.backward().unwrap();
-    let mut checked = 0;
+    let gaps = support::adapter_gradient_gaps(&model, &grads, &exp);
     let mut worst = 0f32;
-    for (path, ad) in model.adapters() {
-        for (matrix, var) in [("A", &ad.a), ("B", &ad.b)] {
-            let key = peft_key(path, matrix);
-            let want = &exp[&format!("grad.{key}")];
-            let got = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {key}"));
-            let scale: f32 = want
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            let diff = support::max_abs_diff(got, want);
-            worst = worst.max(diff / scale);
-            assert!(
-                diff <= 2e-5 * scale,
-                "gradient of {key} differs by {diff} (largest {scale})"
-            );
-            checked += 1;
-        }
+    for g in &gaps {
+        worst = worst.max(g.diff / g.scale);
+        assert!(
+            g.diff <= 2e-5 * g.scale,
+            "gradient of {} differs by {} (largest {})",
+            g.key,
+            g.diff,
+            g.scale
+        );
     }
+    let checked = gaps.len();
     assert_eq!(checked, 28, "every PEFT gradient has a Loft twin");
     println!("largest gradient difference relative to the gradient's largest entry: {worst:e}");
     for linear in model.linears() {

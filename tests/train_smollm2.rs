@@ -33,6 +33,31 @@ fn metrics(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The sample chat rows, with the first `train` written to `dir`/train.jsonl and the last `eval` to
+/// `dir`/eval.jsonl (held out entirely).
+fn split_sample(dir: &Path, train: usize, eval: usize) -> (Vec<String>, PathBuf, PathBuf) {
+    let rows: Vec<String> = std::fs::read_to_string(sample_data())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (train_file, eval_file) = (dir.join("train.jsonl"), dir.join("eval.jsonl"));
+    std::fs::write(&train_file, rows[..train].join("\n")).unwrap();
+    std::fs::write(&eval_file, rows[rows.len() - eval..].join("\n")).unwrap();
+    (rows, train_file, eval_file)
+}
+
+/// The run folder `loft train` printed last.
+fn run_folder(out: &std::process::Output) -> PathBuf {
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+}
+
 /// Unigram F1 between two texts (lowercase words): how much an answer says what the reference says.
 fn overlap(answer: &str, reference: &str) -> f64 {
     let words = |s: &str| -> Vec<String> {
@@ -57,17 +82,7 @@ fn lora_training_improves_the_real_model() {
     let runs = tempfile::tempdir().unwrap();
     // Two epochs over 24 conversations, so the training loss is measured on rows seen before; the
     // eval rows are held out entirely.
-    let rows: Vec<String> = std::fs::read_to_string(sample_data())
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let (train_file, eval_file) = (
-        runs.path().join("train.jsonl"),
-        runs.path().join("eval.jsonl"),
-    );
-    std::fs::write(&train_file, rows[..24].join("\n")).unwrap();
-    std::fs::write(&eval_file, rows[rows.len() - 8..].join("\n")).unwrap();
+    let (rows, train_file, eval_file) = split_sample(runs.path(), 24, 8);
     let out = loft(&[
         "train",
         "--model",
@@ -99,13 +114,7 @@ fn lora_training_improves_the_real_model() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let run = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap(),
-    );
+    let run = run_folder(&out);
     let m = metrics(&run);
     let losses: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
     let evals: Vec<f64> = m.iter().filter_map(|x| x["eval_loss"].as_f64()).collect();
@@ -187,17 +196,7 @@ fn lora_training_improves_the_real_model() {
 fn qlora_training_measures_the_quantization_cost_and_lowers_eval_loss() {
     let gguf = support::smollm2_gguf();
     let runs = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = std::fs::read_to_string(sample_data())
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let (train_file, eval_file) = (
-        runs.path().join("train.jsonl"),
-        runs.path().join("eval.jsonl"),
-    );
-    std::fs::write(&train_file, rows[..24].join("\n")).unwrap();
-    std::fs::write(&eval_file, rows[rows.len() - 6..].join("\n")).unwrap();
+    let (_, train_file, eval_file) = split_sample(runs.path(), 24, 6);
     let out = loft(&[
         "train",
         "--method",
@@ -225,13 +224,7 @@ fn qlora_training_measures_the_quantization_cost_and_lowers_eval_loss() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let run = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap(),
-    );
+    let run = run_folder(&out);
     assert!(
         run.file_name()
             .unwrap()
@@ -285,17 +278,7 @@ fn qlora_training_measures_the_quantization_cost_and_lowers_eval_loss() {
 fn qlora_on_the_gguf_blocks_lowers_eval_loss() {
     let gguf = support::smollm2_gguf();
     let runs = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = std::fs::read_to_string(sample_data())
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let (train_file, eval_file) = (
-        runs.path().join("train.jsonl"),
-        runs.path().join("eval.jsonl"),
-    );
-    std::fs::write(&train_file, rows[..16].join("\n")).unwrap();
-    std::fs::write(&eval_file, rows[rows.len() - 6..].join("\n")).unwrap();
+    let (_, train_file, eval_file) = split_sample(runs.path(), 16, 6);
     let out = loft(&[
         "train",
         "--model",
@@ -332,13 +315,7 @@ fn qlora_on_the_gguf_blocks_lowers_eval_loss() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let run = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap(),
-    );
+    let run = run_folder(&out);
     let evals: Vec<f64> = metrics(&run)
         .iter()
         .filter_map(|x| x["eval_loss"].as_f64())
@@ -429,13 +406,7 @@ fn assert_killed_run_resumes_to_the_same_adapter(extra: &[&str]) -> (tempfile::T
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let straight = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap(),
-    );
+    let straight = run_folder(&out);
 
     let killed_dir = runs.path().join("killed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_loft"))

@@ -225,3 +225,42 @@ pub fn assert_identical_adapters(a: &Path, b: &Path) {
         );
     }
 }
+
+/// A LoRA matrix's gradient against PEFT's: the largest absolute difference and the largest entry of
+/// PEFT's gradient (the scale a tolerance is relative to).
+pub struct GradientGap {
+    pub key: String,
+    pub diff: f32,
+    pub scale: f32,
+}
+
+/// Every adapter matrix's gradient in `grads` against PEFT's `grad.<key>` in `expected`; panics where
+/// Loft has no gradient for one.
+pub fn adapter_gradient_gaps(
+    model: &loft::engine::model::Model,
+    grads: &candle_core::backprop::GradStore,
+    expected: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Vec<GradientGap> {
+    let mut gaps = Vec::new();
+    for (path, adapter) in model.adapters() {
+        for (matrix, var) in [("A", &adapter.a), ("B", &adapter.b)] {
+            let key = loft::engine::adapter::peft_key(path, matrix);
+            let want = &expected[&format!("grad.{key}")];
+            let got = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {key}"));
+            let scale: f32 = want
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            let diff = max_abs_diff(got, want);
+            gaps.push(GradientGap { key, diff, scale });
+        }
+    }
+    gaps
+}
