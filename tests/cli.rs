@@ -4,19 +4,7 @@ mod support;
 
 use std::process::{Command, Output};
 
-fn loft(args: &[&str]) -> Output {
-    loft_with_cache(args, &support::model_cache().join("empty-hf-cache"))
-}
-
-/// Run loft with its Hugging Face cache pointed at `cache`, so no test reads the user's own.
-fn loft_with_cache(args: &[&str], cache: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_loft"))
-        .args(args)
-        .env("HF_HUB_CACHE", cache)
-        .env_remove("HF_HOME")
-        .output()
-        .expect("run loft")
-}
+use support::{loft, loft_with_cache};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -5,21 +5,11 @@
 mod hub_server;
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
-fn loft(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_loft"))
-        .args(args)
-        .env(
-            "HF_HUB_CACHE",
-            support::model_cache().join("empty-hf-cache"),
-        )
-        .env_remove("HF_HOME")
-        .output()
-        .expect("run loft")
-}
+use support::loft;
 
 fn json(args: &[&str]) -> Value {
     let mut all = args.to_vec();

@@ -22,6 +22,7 @@ use loft::engine::quant::nf4::Absmax;
 use loft::engine::train::loss::causal_lm_loss;
 use loft::engine::weights::Weights;
 use sha2::{Digest, Sha256};
+use support::loft;
 
 fn qlora_dir() -> PathBuf {
     support::fixtures().join("qlora")
@@ -427,18 +428,6 @@ fn smollm2_quantized_by_loft_is_bitsandbytes_and_answers_the_same() {
 }
 
 // ------------------------------------------------------------------------------------------ the CLI
-
-fn loft(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_loft"))
-        .args(args)
-        .env(
-            "HF_HUB_CACHE",
-            support::model_cache().join("empty-hf-cache"),
-        )
-        .env_remove("HF_HOME")
-        .output()
-        .expect("run loft")
-}
 
 /// `loft generate` on the bitsandbytes folder answers what transformers + bitsandbytes answered.
 #[test]

@@ -109,23 +109,9 @@ pub fn download_model(
     on_event: &mut dyn FnMut(DownloadEvent),
     cancel: &AtomicBool,
 ) -> Result<PathBuf> {
-    let hub = Hub::new(repo_id, opts)?;
-    check_cancel(cancel)?;
-    on_event(DownloadEvent::Listing {
-        repo_id: repo_id.to_string(),
-    });
-    let listing = hub.list()?;
-    let pinned = hub.pinned(&listing.sha);
-    let fetched = fetch_all(&pinned, &listing, on_event, cancel);
-    // Downloading by sha makes hf-hub write `refs/<sha>`, which the Python client never does and
-    // which would show as a ref named like a commit; it goes whether or not the download finished.
-    let _ = std::fs::remove_file(hub.repo_dir.join("refs").join(&listing.sha));
-    fetched?;
-    hub.write_ref(&listing.sha)?;
-    on_event(DownloadEvent::Finished {
-        snapshot: pinned.snapshot.clone(),
-    });
-    Ok(pinned.snapshot)
+    download(repo_id, opts, on_event, cancel, |pinned, listing| {
+        pinned.hub.plan(pinned, listing, cancel)
+    })
 }
 
 /// Download only the small files that describe model repo `repo_id` (config.json, the tokenizer and
@@ -138,27 +124,19 @@ pub fn download_config(
     on_event: &mut dyn FnMut(DownloadEvent),
     cancel: &AtomicBool,
 ) -> Result<PathBuf> {
-    let hub = Hub::new(repo_id, opts)?;
-    check_cancel(cancel)?;
-    on_event(DownloadEvent::Listing {
-        repo_id: repo_id.to_string(),
-    });
-    let listing = hub.list()?;
-    let pinned = hub.pinned(&listing.sha);
-    let files: Vec<&str> = MODEL_FILES
-        .iter()
-        .copied()
-        .filter(|f| listing.siblings.iter().any(|s| s.rfilename == *f))
-        .collect();
-    if !files.contains(&"config.json") {
-        return Err(ModelError::Hub(format!(
-            "{} has no config.json, so Loft cannot tell what model it is",
-            hub.repo_url()
-        )));
-    }
-    on_event(DownloadEvent::Started {
-        files: files.len(),
-        total_bytes: files
+    download(repo_id, opts, on_event, cancel, |pinned, listing| {
+        let files: Vec<String> = MODEL_FILES
+            .iter()
+            .filter(|f| listing.siblings.iter().any(|s| s.rfilename == **f))
+            .map(|f| f.to_string())
+            .collect();
+        if !files.iter().any(|f| f == "config.json") {
+            return Err(ModelError::Hub(format!(
+                "{} has no config.json, so Loft cannot tell what model it is",
+                pinned.hub.repo_url()
+            )));
+        }
+        let total_bytes = files
             .iter()
             .map(|f| {
                 listing
@@ -167,12 +145,31 @@ pub fn download_config(
                     .find(|s| s.rfilename == *f)
                     .and_then(|s| s.size)
             })
-            .sum(),
+            .sum();
+        Ok(Plan { files, total_bytes })
+    })
+}
+
+/// List repo `repo_id`, fetch the files `plan` picks from the listing into its snapshot, and record
+/// the revision's ref: the one download sequence behind the full and the description-only downloads.
+fn download(
+    repo_id: &str,
+    opts: &HubOptions,
+    on_event: &mut dyn FnMut(DownloadEvent),
+    cancel: &AtomicBool,
+    plan: impl FnOnce(&Pinned, &Listing) -> Result<Plan>,
+) -> Result<PathBuf> {
+    let hub = Hub::new(repo_id, opts)?;
+    check_cancel(cancel)?;
+    on_event(DownloadEvent::Listing {
+        repo_id: repo_id.to_string(),
     });
-    let fetched = files.iter().enumerate().try_for_each(|(index, file)| {
-        check_cancel(cancel)?;
-        pinned.fetch(file, index, on_event, cancel)
-    });
+    let listing = hub.list()?;
+    let pinned = hub.pinned(&listing.sha);
+    let fetched =
+        plan(&pinned, &listing).and_then(|plan| fetch_all(&pinned, &plan, on_event, cancel));
+    // Downloading by sha makes hf-hub write `refs/<sha>`, which the Python client never does and
+    // which would show as a ref named like a commit; it goes whether or not the download finished.
     let _ = std::fs::remove_file(hub.repo_dir.join("refs").join(&listing.sha));
     fetched?;
     hub.write_ref(&listing.sha)?;
@@ -184,11 +181,10 @@ pub fn download_config(
 
 fn fetch_all(
     pinned: &Pinned,
-    listing: &Listing,
+    plan: &Plan,
     on_event: &mut dyn FnMut(DownloadEvent),
     cancel: &AtomicBool,
 ) -> Result<()> {
-    let plan = pinned.hub.plan(pinned, listing, cancel)?;
     on_event(DownloadEvent::Started {
         files: plan.files.len(),
         total_bytes: plan.total_bytes,

@@ -264,3 +264,18 @@ pub fn adapter_gradient_gaps(
     }
     gaps
 }
+
+/// Run the `loft` binary with its Hugging Face cache pointed at `cache`, so no test reads the user's.
+pub fn loft_with_cache(args: &[&str], cache: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_loft"))
+        .args(args)
+        .env("HF_HUB_CACHE", cache)
+        .env_remove("HF_HOME")
+        .output()
+        .expect("run loft")
+}
+
+/// Run the `loft` binary with an empty Hugging Face cache.
+pub fn loft(args: &[&str]) -> std::process::Output {
+    loft_with_cache(args, &model_cache().join("empty-hf-cache"))
+}
