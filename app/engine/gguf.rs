@@ -87,18 +87,10 @@ impl GgufModel {
         if !is_block_type(self.content.tensor_infos[&name].ggml_dtype) {
             return Ok(None);
         }
-        let mut reader = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let gguf_err = |e: candle_core::Error| ModelError::Gguf {
-            path: self.path.clone(),
-            message: format!("tensor `{name}`: {}", root_message(&e)),
-        };
-        let q = self
-            .content
-            .tensor(&mut *reader, &name, &Device::Cpu)
-            .map_err(gguf_err)?;
+        let q = self.read_quantized(&name)?;
         GgmlMatrix::new(q, self.permuted_heads(hf_name))
             .map(Some)
-            .map_err(gguf_err)
+            .map_err(|e| self.tensor_error(&name, e))
     }
 
     fn stored_name(&self, hf_name: &str) -> Result<String> {
@@ -111,16 +103,24 @@ impl GgufModel {
     }
 
     fn read_dequantized(&self, name: &str) -> Result<Tensor> {
+        self.read_quantized(name)?
+            .dequantize(&Device::Cpu)
+            .map_err(|e| self.tensor_error(name, e))
+    }
+
+    /// The stored tensor `name` (GGUF naming) as it is in the file, blocks and all.
+    fn read_quantized(&self, name: &str) -> Result<candle_core::quantized::QTensor> {
         let mut reader = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let gguf_err = |e: candle_core::Error| ModelError::Gguf {
+        self.content
+            .tensor(&mut *reader, name, &Device::Cpu)
+            .map_err(|e| self.tensor_error(name, e))
+    }
+
+    fn tensor_error(&self, name: &str, e: candle_core::Error) -> ModelError {
+        ModelError::Gguf {
             path: self.path.clone(),
             message: format!("tensor `{name}`: {}", root_message(&e)),
-        };
-        let q = self
-            .content
-            .tensor(&mut *reader, name, &Device::Cpu)
-            .map_err(gguf_err)?;
-        q.dequantize(&Device::Cpu).map_err(gguf_err)
+        }
     }
 
     /// Undo llama.cpp's conversion changes: q/k rows permuted for its interleaved rope (llama), and
