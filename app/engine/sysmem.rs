@@ -24,6 +24,36 @@ pub fn peak_resident() -> Option<u64> {
     os::peak_resident()
 }
 
+/// Let glibc's allocator keep freed memory for the next allocation instead of handing it back to the
+/// system at once. A training step allocates and frees tens of megabytes per layer, and with glibc's
+/// defaults much of that returns to the kernel only to be faulted in and zeroed again on the next
+/// allocation: a seventh of the step's CPU time went to page faults and zeroing. With buffers under
+/// 64 MiB served from the heap and up to 1 GiB of free heap kept, a SmolLM2 step ran 12% faster
+/// (`loft bench-train`, 4 × 256 × 2, r=16: 130–133 → 147–149 tokens/s) for 2% more peak memory;
+/// larger buffers (the logits) still come from and go back to the system directly. Call once, early;
+/// [`release_free_memory`] gives the kept memory back when a job ends.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: mallopt only changes allocator parameters; both values are in range for glibc.
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        });
+    }
+}
+
+/// Hand freed heap memory that [`tune_allocator`] kept back to the system: after a training run or
+/// an evaluation, so an idle window does not hold a step's worth of memory.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; no live allocation moves.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A `Key:   123 kB` line of a /proc file, in bytes.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn proc_field_bytes(text: &str, key: &str) -> Option<u64> {

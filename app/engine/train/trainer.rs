@@ -190,6 +190,7 @@ pub fn run_reporting(job: TrainJob, events: Sender<TrainEvent>, commands: Receiv
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Trainer::new(job, events, commands).and_then(|t| t.run())
     }));
+    crate::engine::sysmem::release_free_memory();
     let failure = match outcome {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(failure_of(&e.to_string())),
@@ -206,7 +207,9 @@ pub fn run_blocking(
     events: Sender<TrainEvent>,
     commands: Receiver<TrainCommand>,
 ) -> Result<()> {
-    Trainer::new(job, events, commands)?.run()
+    let outcome = Trainer::new(job, events, commands).and_then(|t| t.run());
+    crate::engine::sysmem::release_free_memory();
+    outcome
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
