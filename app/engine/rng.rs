@@ -7,6 +7,7 @@ pub struct SplitMix64(u64);
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// SplitMix64's output function: a bijective mix of the 64-bit state.
+#[inline(always)]
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -37,7 +38,14 @@ impl SplitMix64 {
     /// before it: the generator's state is a counter, so any element of a stream can be computed on its
     /// own, on any thread (what dropout masks need).
     pub fn unit_at(seed: u64, i: u64) -> f64 {
-        to_unit(mix(seed.wrapping_add(i.wrapping_add(1).wrapping_mul(GAMMA))))
+        to_unit(Self::u64_at(seed, i))
+    }
+
+    /// The `i`-th (0-based) 64-bit number `SplitMix64::new(seed)` draws; [`Self::unit_at`] is its top 53
+    /// bits as a fraction.
+    #[inline(always)]
+    pub fn u64_at(seed: u64, i: u64) -> u64 {
+        mix(seed.wrapping_add(i.wrapping_add(1).wrapping_mul(GAMMA)))
     }
 
     /// Uniform in 0..n (Lemire's multiply-shift; the bias is below 2⁻³² for any realistic n).

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::vector::{exp, max, sum_slice, vector_fn};
+
 use super::cpu_ops::{cpu_f32, matmul_here, Mat};
 
 /// The sizes and constants of one attention call.
@@ -165,34 +167,34 @@ impl Plan {
         let t = q.rows();
         matmul_here(&mut *s, q, k.t(), 1.0, false);
         let raw = (keep_raw && self.heads.softcap.is_some()).then(|| s.to_vec());
-        for (i, row) in s.chunks_mut(t).enumerate() {
-            if let Some(cap) = self.heads.softcap {
-                row.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
-            }
-            if let Some(mask) = &self.mask {
-                row.iter_mut()
-                    .zip(&mask[i * t..][..t])
-                    .for_each(|(v, m)| *v += m);
-            }
-            softmax_in_place(row);
-        }
+        softmax_rows(s, t, self.mask.as_deref(), self.heads.softcap);
         raw
     }
 }
 
-fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        row.fill(0.0);
-        return;
+vector_fn! {
+    /// Each row of the `t`-wide scores `s`, softcapped and masked where the model does, turned into
+    /// probabilities in place.
+    fn softmax_rows(s: &mut [f32], t: usize, mask: Option<&[f32]>, softcap: Option<f32>) {
+        for (i, row) in s.chunks_mut(t).enumerate() {
+            if let Some(cap) = softcap {
+                row.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+            }
+            if let Some(mask) = mask {
+                row.iter_mut()
+                    .zip(&mask[i * t..][..t])
+                    .for_each(|(v, m)| *v += m);
+            }
+            let max = max(row);
+            if max == f32::NEG_INFINITY {
+                row.fill(0.0);
+                continue;
+            }
+            row.iter_mut().for_each(|v| *v = exp(*v - max));
+            let inv = 1.0 / sum_slice(row);
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
     }
-    let mut sum = 0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 struct AttentionOp(Arc<Plan>);

@@ -14,6 +14,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::vector::{exp, max, sum_of, vector_fn};
+
 /// Whether the loops here serve this tensor: f32 on the CPU.
 pub fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
@@ -278,6 +280,34 @@ fn map_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync 
         .for_each(|(r, row)| f(r, row));
 }
 
+vector_fn! {
+    /// One row of RMSNorm: `out = w ⊙ x / rms(x)`.
+    fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+        let s = inv_rms(x, eps);
+        for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
+            *o = v * s * w;
+        }
+    }
+}
+
+vector_fn! {
+    /// One row of RMSNorm's input gradient, `dx = (g − x̂ · mean(g ⊙ x̂)) / rms` with g = dy ⊙ w.
+    fn rms_norm_grad_row(dx: &mut [f32], x: &[f32], dy: &[f32], w: &[f32], eps: f32) {
+        let s = inv_rms(x, eps);
+        let width = x.len();
+        let mean = sum_of(width, |i| dy[i] * w[i] * x[i]) * s / width as f32;
+        for (((o, v), d), w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
+            *o = (d * w - v * s * mean) * s;
+        }
+    }
+}
+
+#[inline(always)]
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let mean = sum_of(row.len(), |i| row[i] * row[i]) / row.len() as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
 /// RMSNorm with a frozen scale: `y = w ⊙ x / rms(x)`, `rms = sqrt(mean(x²) + eps)`; with x̂ = x / rms
 /// and g = dy ⊙ w, `dx = (g − x̂ · mean(g ⊙ x̂)) / rms`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -286,40 +316,20 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if w.len() != width {
         candle_core::bail!("rms-norm: {} weights for rows of {width}", w.len());
     }
-    let inv_rms = move |row: &[f32]| {
-        let mean = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
-        1.0 / (mean + eps as f32).sqrt()
-    };
+    let eps = eps as f32;
     let w_f = w.clone();
     let forward = move |x: &[f32], shape: &Shape| {
         let mut y = vec![0f32; x.len()];
         map_rows(&mut y, width, |r, out| {
-            let row = &x[r * width..(r + 1) * width];
-            let s = inv_rms(row);
-            for ((o, v), w) in out.iter_mut().zip(row).zip(w_f.iter()) {
-                *o = v * s * w;
-            }
+            rms_norm_row(out, &x[r * width..(r + 1) * width], &w_f, eps)
         });
         Ok((y, shape.clone()))
     };
     let backward = move |x: &[f32], _y: &[f32], dy: &[f32]| {
         let mut dx = vec![0f32; x.len()];
         map_rows(&mut dx, width, |r, out| {
-            let (row, d) = (
-                &x[r * width..(r + 1) * width],
-                &dy[r * width..(r + 1) * width],
-            );
-            let s = inv_rms(row);
-            let mean = row
-                .iter()
-                .zip(d)
-                .zip(w.iter())
-                .map(|((v, d), w)| d * w * v * s)
-                .sum::<f32>()
-                / width as f32;
-            for (((o, v), d), w) in out.iter_mut().zip(row).zip(d).zip(w.iter()) {
-                *o = (d * w - v * s * mean) * s;
-            }
+            let rows = r * width..(r + 1) * width;
+            rms_norm_grad_row(out, &x[rows.clone()], &dy[rows], &w, eps)
         });
         Ok(dx)
     };
@@ -332,23 +342,21 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// The gated MLP's activation: `act(gate) ⊙ up`, with SiLU or tanh-approximated GELU.
 pub fn gated(gate: &Tensor, up: &Tensor, gelu: bool) -> Result<Tensor> {
-    let act = move |g: f32| if gelu { gelu_tanh(g) } else { silu(g) };
-    let forward =
-        move |g: &[f32], u: &[f32]| Ok(g.par_iter().zip(u).map(|(g, u)| act(*g) * u).collect());
+    let forward = move |g: &[f32], u: &[f32]| {
+        let mut y = vec![0f32; g.len()];
+        let n = ELEMENTS_PER_TASK;
+        y.par_chunks_mut(n)
+            .zip(g.par_chunks(n).zip(u.par_chunks(n)))
+            .for_each(|(y, (g, u))| gated_chunk(y, g, u, gelu));
+        Ok(y)
+    };
     let backward = move |g: &[f32], u: &[f32], dy: &[f32]| {
-        let (dg, du) = g
-            .par_iter()
-            .zip(u)
-            .zip(dy)
-            .map(|((g, u), d)| {
-                let (a, da) = if gelu {
-                    gelu_tanh_grad(*g)
-                } else {
-                    silu_grad(*g)
-                };
-                (d * u * da, d * a)
-            })
-            .unzip();
+        let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+        let n = ELEMENTS_PER_TASK;
+        dg.par_chunks_mut(n)
+            .zip(du.par_chunks_mut(n))
+            .zip(g.par_chunks(n).zip(u.par_chunks(n)).zip(dy.par_chunks(n)))
+            .for_each(|((dg, du), ((g, u), dy))| gated_grad_chunk(dg, du, g, u, dy, gelu));
         Ok((dg, du))
     };
     gate.contiguous()?.apply_op2(
@@ -361,23 +369,54 @@ pub fn gated(gate: &Tensor, up: &Tensor, gelu: bool) -> Result<Tensor> {
     )
 }
 
+/// Elements per parallel task of the element-wise ops.
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+vector_fn! {
+    /// `y = act(g) ⊙ u`.
+    fn gated_chunk(y: &mut [f32], g: &[f32], u: &[f32], gelu: bool) {
+        for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+            *y = if gelu { gelu_tanh(*g) } else { silu(*g) } * u;
+        }
+    }
+}
+
+vector_fn! {
+    /// The gradients of `act(g) ⊙ u` for the output gradient `dy`.
+    fn gated_grad_chunk(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dy: &[f32], gelu: bool) {
+        for i in 0..g.len().min(dg.len()).min(du.len()).min(u.len()).min(dy.len()) {
+            let (a, da) = if gelu {
+                gelu_tanh_grad(g[i])
+            } else {
+                silu_grad(g[i])
+            };
+            dg[i] = dy[i] * u[i] * da;
+            du[i] = dy[i] * a;
+        }
+    }
+}
+
+#[inline(always)]
 fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + exp(-x))
 }
 
 /// SiLU and its derivative σ(x)·(1 + x·(1 − σ(x))).
+#[inline(always)]
 fn silu_grad(x: f32) -> (f32, f32) {
-    let s = 1.0 / (1.0 + (-x).exp());
+    let s = 1.0 / (1.0 + exp(-x));
     (x * s, s * (1.0 + x * (1.0 - s)))
 }
 
 const GELU_C: f32 = 0.797_884_6; // √(2/π)
 
+#[inline(always)]
 fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (GELU_C * (x + 0.044715 * x * x * x)).tanh())
 }
 
 /// GELU (tanh approximation) and its derivative.
+#[inline(always)]
 fn gelu_tanh_grad(x: f32) -> (f32, f32) {
     let t = (GELU_C * (x + 0.044715 * x * x * x)).tanh();
     let value = 0.5 * x * (1.0 + t);
@@ -416,10 +455,7 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         }
         let mut dx = vec![0f32; x.len()];
         map_rows(&mut dx, vocab, |r, out| {
-            let row = &x[r * vocab..(r + 1) * vocab];
-            for (o, v) in out.iter_mut().zip(row) {
-                *o = (v - lse[r]).exp() * dy[r];
-            }
+            softmax_times(out, &x[r * vocab..(r + 1) * vocab], lse[r], dy[r]);
             out[targets[r] as usize] -= dy[r];
         });
         Ok(dx)
@@ -431,12 +467,23 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     })
 }
 
-fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        return max;
+vector_fn! {
+    fn log_sum_exp(row: &[f32]) -> f32 {
+        let max = max(row);
+        if max == f32::NEG_INFINITY {
+            return max;
+        }
+        max + sum_of(row.len(), |i| exp(row[i] - max)).ln()
     }
-    max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln()
+}
+
+vector_fn! {
+    /// `out = softmax(row) · dy`, with the row's log-sum-exp given.
+    fn softmax_times(out: &mut [f32], row: &[f32], lse: f32, dy: f32) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o = exp(v - lse) * dy;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -176,9 +176,9 @@ impl LoraAdapter {
 
 /// The dropout mask one key draws for one module, over the input in row-major order. Element `i` is
 /// kept (scaled by 1/(1-p)) or zeroed by the `i`-th number of a counter-based stream seeded by (key,
-/// module), so each element is a pure function of (key, module, i): the mask is drawn in parallel and
-/// applied on the fly, never drawn serially per module nor kept in memory between passes. (The numbers
-/// are those the serial SplitMix64 stream of earlier versions drew, so runs keep their masks.)
+/// module), so each element is a pure function of (key, module, i): the mask is drawn in parallel, never
+/// serially per module. (The numbers are those the serial SplitMix64 stream of earlier versions drew,
+/// so runs keep their masks.)
 #[derive(Debug, Clone, Copy)]
 pub struct DropoutMask {
     stream: u64,
@@ -186,7 +186,8 @@ pub struct DropoutMask {
     scale: f32,
 }
 
-/// Elements per parallel task: large enough that scheduling costs nothing, small enough to share.
+/// Elements per parallel task (a multiple of 64): large enough that scheduling costs nothing, small
+/// enough to share.
 const MASK_CHUNK: usize = 1 << 14;
 
 impl DropoutMask {
@@ -201,41 +202,108 @@ impl DropoutMask {
 
     /// Elements `0..n`.
     pub fn values(&self, n: usize) -> Vec<f32> {
-        let mut out = vec![0f32; n];
-        out.par_chunks_mut(MASK_CHUNK)
+        let kept = self.draw(n);
+        (0..n)
+            .map(|i| if kept.is_kept(i) { self.scale } else { 0.0 })
+            .collect()
+    }
+
+    /// Which of elements `0..n` are kept, one bit each: what the LoRA op draws once in its forward
+    /// pass and reads again in its backward pass (an eighth of a byte per input value, where the
+    /// dropped input itself would cost four bytes, and drawing it again would cost the time).
+    pub fn draw(&self, n: usize) -> KeptBits {
+        // unit < keep ⟺ (u >> 11) / 2⁵³ < keep ⟺ (u >> 11) < ⌈keep · 2⁵³⌉: the same decision as
+        // `value`, in integers.
+        let threshold = (self.keep * (1u64 << 53) as f64).ceil() as u64;
+        let mut words = vec![0u64; n.div_ceil(64)];
+        words
+            .par_chunks_mut(MASK_CHUNK / 64)
             .enumerate()
             .for_each(|(c, chunk)| {
-                let start = c * MASK_CHUNK;
-                for (j, v) in chunk.iter_mut().enumerate() {
-                    *v = self.value(start + j);
-                }
+                fill_kept_words(self.stream, threshold, c * MASK_CHUNK, chunk, n)
             });
-        out
+        KeptBits {
+            words,
+            len: n,
+            scale: self.scale,
+        }
+    }
+}
+
+super::vector::vector_fn! {
+    /// `words[w]` bit `j` = whether element `first + 64·w + j` (below `n`) is kept. (The generator's
+    /// mixing is 64-bit multiplies, which only AVX-512 has as vector instructions.)
+    fn fill_kept_words(stream: u64, threshold: u64, first: usize, words: &mut [u64], n: usize) {
+        for (w, word) in words.iter_mut().enumerate() {
+            let base = (first + w * 64) as u64;
+            let mut draws = [0u64; 64];
+            for (j, d) in draws.iter_mut().enumerate() {
+                *d = SplitMix64::u64_at(stream, base + j as u64) >> 11;
+            }
+            let mut bits = 0u64;
+            for (j, d) in draws.iter().enumerate() {
+                bits |= ((*d < threshold) as u64) << j;
+            }
+            let valid = n.saturating_sub(first + w * 64).min(64);
+            *word = if valid == 64 {
+                bits
+            } else {
+                bits & ((1u64 << valid) - 1)
+            };
+        }
+    }
+}
+
+/// A drawn dropout mask: which elements are kept, and the scale kept ones get.
+pub struct KeptBits {
+    words: Vec<u64>,
+    len: usize,
+    scale: f32,
+}
+
+impl KeptBits {
+    pub fn is_kept(&self, i: usize) -> bool {
+        self.words[i / 64] >> (i % 64) & 1 == 1
     }
 
     /// `x ⊙ mask`.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
-        self.combine(&mut out, x, |o, v, m| *o = v * m);
+        self.combine(&mut out, x, false);
         out
     }
 
     /// `out += x ⊙ mask`.
     pub fn add_applied(&self, out: &mut [f32], x: &[f32]) {
-        self.combine(out, x, |o, v, m| *o += v * m);
+        self.combine(out, x, true);
     }
 
-    /// `f(out[i], x[i], mask[i])` for every i, in parallel.
-    fn combine(&self, out: &mut [f32], x: &[f32], f: impl Fn(&mut f32, f32, f32) + Sync) {
+    /// `out = x ⊙ mask`, or `out += x ⊙ mask` when `accumulate`, in parallel.
+    fn combine(&self, out: &mut [f32], x: &[f32], accumulate: bool) {
+        assert!(
+            out.len() == self.len && x.len() == self.len,
+            "dropout mask of {} values applied to {} and {}",
+            self.len,
+            out.len(),
+            x.len()
+        );
+        let scale = self.scale;
         out.par_chunks_mut(MASK_CHUNK)
             .zip(x.par_chunks(MASK_CHUNK))
-            .enumerate()
-            .for_each(|(c, (out, x))| {
-                let start = c * MASK_CHUNK;
-                for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
-                    f(o, *v, self.value(start + j));
-                }
-            });
+            .zip(self.words.par_chunks(MASK_CHUNK / 64))
+            .for_each(|((out, x), words)| masked(out, x, words, scale, accumulate));
+    }
+}
+
+super::vector::vector_fn! {
+    /// `out (+)= x ⊙ mask` for the mask whose kept elements are the set bits of `words`.
+    fn masked(out: &mut [f32], x: &[f32], words: &[u64], scale: f32, accumulate: bool) {
+        for ((out, x), word) in out.chunks_mut(64).zip(x.chunks(64)).zip(words) {
+            for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
+                let value = v * ((word >> j & 1) as f32 * scale);
+                *o = if accumulate { *o + value } else { value };
+            }
+        }
     }
 }
 
@@ -390,9 +458,10 @@ mod tests {
         assert_ne!(other, all, "each module draws its own mask");
 
         let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
-        let applied = mask.apply(&x);
+        let kept = mask.draw(n);
+        let applied = kept.apply(&x);
         let mut added = vec![1f32; n];
-        mask.add_applied(&mut added, &x);
+        kept.add_applied(&mut added, &x);
         for i in 0..n {
             assert_eq!(applied[i], x[i] * all[i]);
             assert_eq!(added[i], 1.0 + x[i] * all[i]);

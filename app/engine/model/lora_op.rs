@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu_ops::{cpu_f32, f32_slice, matmul, matmul_here, Mat};
 use super::frozen::Frozen;
-use super::lora::{DropoutMask, LoraAdapter};
+use super::lora::{DropoutMask, KeptBits, LoraAdapter};
 
 /// Whether [`lora_linear`] handles this input and weight.
 pub fn applies(x: &Tensor, weight: &Frozen) -> bool {
@@ -35,6 +35,7 @@ pub fn lora_linear(x: &Tensor, weight: &Frozen, adapter: &LoraAdapter) -> Result
         // and the backward pass must see the mask this forward pass drew.
         dropout: adapter.dropout_key().map(|key| adapter.mask(key)),
         down: Mutex::new(None),
+        kept: Mutex::new(None),
     };
     x.contiguous()?
         .apply_op3(adapter.a.as_tensor(), adapter.b.as_tensor(), op)
@@ -43,8 +44,10 @@ pub fn lora_linear(x: &Tensor, weight: &Frozen, adapter: &LoraAdapter) -> Result
 struct LoraMatmul {
     weight: Frozen,
     scale: f32,
-    /// The dropout mask this pass draws (element by element, where it is used); `None` without dropout.
+    /// The dropout mask this pass draws; `None` without dropout.
     dropout: Option<DropoutMask>,
+    /// The elements the forward pass kept, for the backward pass.
+    kept: Mutex<Option<KeptBits>>,
     /// `s · dropout(x) · Aᵀ` (`rows × r`) from the forward pass, for B's gradient.
     down: Mutex<Option<Vec<f32>>>,
 }
@@ -70,9 +73,10 @@ impl LoraMatmul {
         down
     }
 
-    /// `x ⊙ mask` when this layer drops out, else `None` (use `x` itself).
-    fn dropped(&self, x: &[f32]) -> Option<Vec<f32>> {
-        Some(self.dropout.as_ref()?.apply(x))
+    /// The kept elements of `x` (the forward pass's, or drawn again) when this layer drops out.
+    fn kept(&self, x: &[f32]) -> Option<KeptBits> {
+        let drawn = self.kept.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drawn.or_else(|| Some(self.dropout.as_ref()?.draw(x.len())))
     }
 }
 
@@ -104,7 +108,8 @@ impl CustomOp3 for LoraMatmul {
                 self.weight.dims()
             );
         }
-        let dropped = self.dropped(x);
+        let kept = self.dropout.as_ref().map(|mask| mask.draw(x.len()));
+        let dropped = kept.as_ref().map(|kept| kept.apply(x));
         let xd = dropped.as_deref().unwrap_or(x);
         let down = self.down(xd, a, rows, rank);
         let mut y = vec![0f32; rows * out];
@@ -126,6 +131,7 @@ impl CustomOp3 for LoraMatmul {
             true,
         );
         *self.down.lock().unwrap_or_else(|e| e.into_inner()) = Some(down);
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = kept;
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
 
@@ -149,7 +155,8 @@ impl CustomOp3 for LoraMatmul {
         let a = f32_slice(&as_, al, "lora_A")?;
         let b = f32_slice(&bs, bl, "lora_B")?;
         let dy = f32_slice(&dys, dyl, "output gradient")?;
-        let dropped = self.dropped(x);
+        let kept = self.kept(x);
+        let dropped = kept.as_ref().map(|kept| kept.apply(x));
         let xd = dropped.as_deref().unwrap_or(x);
 
         let down = match self.down.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -192,7 +199,7 @@ impl CustomOp3 for LoraMatmul {
                 );
                 Ok(())
             })?;
-            match &self.dropout {
+            match &kept {
                 None => matmul(
                     &mut dx,
                     Mat::new(&d_down, rows, rank),
@@ -200,7 +207,7 @@ impl CustomOp3 for LoraMatmul {
                     1.0,
                     true,
                 ),
-                Some(mask) => {
+                Some(kept) => {
                     let mut through = vec![0f32; rows * inp];
                     matmul(
                         &mut through,
@@ -209,7 +216,7 @@ impl CustomOp3 for LoraMatmul {
                         1.0,
                         false,
                     );
-                    mask.add_applied(&mut dx, &through);
+                    kept.add_applied(&mut dx, &through);
                 }
             }
             Some(Tensor::from_vec(dx, (rows, inp), x_t.device())?)

@@ -18,6 +18,7 @@ mod loader;
 pub mod lora;
 mod lora_op;
 pub mod ops;
+mod vector;
 
 use std::sync::Arc;
 

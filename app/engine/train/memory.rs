@@ -832,15 +832,23 @@ fn logit_kept_bytes(device: DeviceKind) -> u64 {
 /// training ops (all f32): the layer input and the residual sum after attention, the two norms'
 /// outputs, q, k and v (the attention op's inputs; it recomputes its probabilities instead of keeping
 /// them), the attention output, the attention and MLP projections' outputs (kept by the residual
-/// adds), gate, up and their product, and each adapted projection's `rows × r` intermediate. Times
-/// the sequence length: the result is per sequence.
+/// adds), gate, up and their product, each adapted projection's `rows × r` intermediate, and with
+/// dropout its mask, one bit per input value. Times the sequence length: the result is per sequence.
 fn cpu_layer_bytes(arch: &Arch, config: &TrainConfig, t: u64) -> u64 {
     let (h, inter) = (arch.hidden_size as u64, arch.intermediate_size as u64);
     let q = (arch.num_heads * arch.head_dim) as u64;
     let kv = (arch.num_kv_heads * arch.head_dim) as u64;
     let adapted = adapted_count(arch, config);
     let per_position = 6 * h + 2 * q + 2 * kv + 3 * inter + adapted * config.lora.r as u64;
-    per_position * 4 * t
+    let mask_bits: u64 = if config.lora.dropout > 0.0 {
+        (config.lora.targets.iter())
+            .filter_map(|t| arch.projection_shape(t))
+            .map(|(inp, _)| inp as u64)
+            .sum()
+    } else {
+        0
+    };
+    (per_position * 4 + mask_bits / 8) * t
 }
 
 /// The same for CUDA, where candle's composed ops keep more (bf16 activations, f32 adapters): each
