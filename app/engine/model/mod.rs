@@ -11,6 +11,7 @@ mod attach;
 mod blocks;
 mod checkpoint;
 mod cpu_attention;
+mod cpu_lm_loss;
 mod cpu_ops;
 pub mod frozen;
 pub mod linear;
@@ -162,6 +163,23 @@ impl Model {
         let hidden = self.forward_hidden(ids, pos, cache)?;
         let t = hidden.dim(1)?;
         self.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)
+    }
+
+    /// `−log p(target)` for each row of `hidden (n, hidden_size)` (final-norm outputs), in f32. On the
+    /// CPU the output layer and the loss run as one op that never holds every row's logits
+    /// ([`cpu_lm_loss`]); elsewhere the logits are computed and fed to the cross-entropy.
+    pub fn next_token_nll(&self, hidden: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+        let head = &self.lm_head;
+        if cpu_ops::applies(hidden)
+            && head.adapter.is_none()
+            && head.bias.is_none()
+            && head.weight.has_cpu_f32()
+        {
+            let targets: Vec<u32> = targets.flatten_all()?.to_vec1()?;
+            let softcap = self.arch.final_logit_softcap.map(|c| c as f32);
+            return cpu_lm_loss::lm_head_nll(hidden, &head.weight, &targets, softcap);
+        }
+        ops::cross_entropy_rows(&self.logits(hidden)?, targets)
     }
 
     /// Project hidden states (any leading dimensions) onto the vocabulary, in f32.

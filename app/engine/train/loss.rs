@@ -59,6 +59,6 @@ pub fn masked_lm_loss(model: &Model, ids: &Tensor, mask: &Tensor) -> Result<(Ten
         .narrow(1, 1, t - 1)?
         .flatten_all()?
         .index_select(&keep, 0)?;
-    let nll = cross_entropy_rows(&model.logits(&rows)?, &targets)?;
+    let nll = model.next_token_nll(&rows, &targets)?;
     Ok(((nll.sum_all()? / count as f64)?, count as f64))
 }
