@@ -251,6 +251,7 @@ impl Layer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::model::ops::probed_gradients;
     use candle_core::{Device, Var};
 
     /// One comparison of the CPU attention kernel with autograd through the composed ops: `b`
@@ -336,18 +337,8 @@ mod tests {
         if forward >= 1e-5 {
             return Some(format!("the output differs by {forward}"));
         }
-        let g1 = (composed * &dy)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (kernel * &dy)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = probed_gradients(&composed, &dy);
+        let g2 = probed_gradients(&kernel, &dy);
         for (name, x1, x2) in [("q", &q1, &q2), ("k", &k1, &k2), ("v", &v1, &v2)] {
             let diff = max_abs_diff(
                 g1.get(x1.as_tensor()).unwrap(),

@@ -160,7 +160,7 @@ vector_fn! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model::ops::{cross_entropy_rows, max_abs_diff};
+    use crate::engine::model::ops::{cross_entropy_rows, max_abs_diff, probed_gradients};
     use candle_core::{Device, Var};
 
     /// The fused op gives the unfused loss (projection, optional softcap, cross-entropy) and its
@@ -184,18 +184,8 @@ mod tests {
             let unfused = cross_entropy_rows(&logits, &t).unwrap();
             let d = max_abs_diff(&fused, &unfused);
             assert!(d < 1e-4, "softcap {softcap:?}: the loss differs by {d}");
-            let g1 = (fused * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (unfused * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = probed_gradients(&fused, &weights);
+            let g2 = probed_gradients(&unfused, &weights);
             let d = max_abs_diff(
                 g1.get(h.as_tensor()).unwrap(),
                 g2.get(h.as_tensor()).unwrap(),

@@ -489,7 +489,7 @@ vector_fn! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model::ops::max_abs_diff as max_diff;
+    use crate::engine::model::ops::{max_abs_diff as max_diff, probed_gradients};
     use candle_core::{Device, Var};
 
     /// The gated activation's output and both gradients equal autograd's through candle's own silu and
@@ -510,18 +510,8 @@ mod tests {
             };
             let reference = (act * u.as_tensor()).unwrap();
             assert!(max_diff(&mine, &reference) < 1e-5, "forward (gelu: {gelu})");
-            let g1 = (mine * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (reference * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = probed_gradients(&mine, &weights);
+            let g2 = probed_gradients(&reference, &weights);
             for (name, v) in [("gate", &g), ("up", &u)] {
                 let d = max_diff(
                     g1.get(v.as_tensor()).unwrap(),

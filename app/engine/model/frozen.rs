@@ -203,7 +203,7 @@ impl candle_core::CustomOp1 for QuantizedMatmul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model::ops::max_abs_diff;
+    use crate::engine::model::ops::{max_abs_diff, probed_gradients};
     use candle_core::Var;
 
     /// The quantized product gives the same output and input gradient as a dense product with the
@@ -231,18 +231,8 @@ mod tests {
         let y1 = product(x.as_tensor(), q).unwrap();
         let y2 = x.as_tensor().matmul(&dense.t().unwrap()).unwrap();
         assert!(max_abs_diff(&y1, &y2) < 1e-5);
-        let g1 = (y1 * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (y2 * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = probed_gradients(&y1, &probe);
+        let g2 = probed_gradients(&y2, &probe);
         let d = max_abs_diff(
             g1.get(x.as_tensor()).unwrap(),
             g2.get(x.as_tensor()).unwrap(),

@@ -236,7 +236,7 @@ impl CustomOp3 for LoraMatmul {
 mod tests {
     use super::*;
     use crate::engine::model::lora::{DropoutKey, LoraConfig};
-    use crate::engine::model::ops::max_abs_diff as max_diff;
+    use crate::engine::model::ops::{max_abs_diff as max_diff, probed_gradients};
     use candle_core::{Device, Var};
 
     /// Where the fused op and the composed ops disagree for a `rows × inp` input, an `out × inp`
@@ -274,18 +274,8 @@ mod tests {
         if forward >= 1e-5 {
             return Some(format!("the output differs by {forward}"));
         }
-        let g1 = (fused * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (composed * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = probed_gradients(&fused, &weights);
+        let g2 = probed_gradients(&composed, &weights);
         for (name, t) in [
             ("x", x.as_tensor()),
             ("A", adapter.a.as_tensor()),

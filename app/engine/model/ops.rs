@@ -311,6 +311,15 @@ pub fn max_abs_diff(p: &Tensor, q: &Tensor) -> f32 {
         .expect("tensors of one shape")
 }
 
+/// The gradients of `Σ y ⊙ probe`: a scalar loss that weighs every element of `y` differently, so a
+/// gradient that mixes elements up shows (for tests).
+#[cfg(test)]
+pub fn probed_gradients(y: &Tensor, probe: &Tensor) -> candle_core::backprop::GradStore {
+    (y * probe)
+        .and_then(|l| l.sum_all()?.backward())
+        .expect("a differentiable y of the probe's shape")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,18 +337,8 @@ mod tests {
         let yb = reference(b.as_tensor()).unwrap();
         let weights = Tensor::randn(0f32, 1.0, ya.dims(), &Device::Cpu).unwrap();
         assert!(max_abs_diff(&ya, &yb) < 1e-5, "forward differs");
-        let ga = (ya * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gb = (yb * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let ga = probed_gradients(&ya, &weights);
+        let gb = probed_gradients(&yb, &weights);
         let (ga, gb) = (
             ga.get(a.as_tensor()).unwrap(),
             gb.get(b.as_tensor()).unwrap(),
