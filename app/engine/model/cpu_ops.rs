@@ -124,20 +124,45 @@ pub fn matmul_here<'a>(dst: impl Into<Dst<'a>>, lhs: Mat, rhs: Mat, beta: f32, a
     gemm_with(dst.into(), lhs, rhs, beta, accumulate, 1);
 }
 
+/// `beta · lhs · rhs` as a new row-major `lhs.rows × rhs.cols` buffer, on all of rayon's threads. The
+/// kernel writes each element once: a zeroed buffer would be written twice, and zeroing it is serial
+/// work on the calling thread while the pool waits (a tenth of the main thread's time in a step).
+pub fn product(lhs: Mat, rhs: Mat, beta: f32) -> Vec<f32> {
+    check_operands(lhs, rhs);
+    let (m, n) = (lhs.rows, rhs.cols);
+    if m * n == 0 || lhs.cols == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut values = Vec::<f32>::with_capacity(m * n);
+    // SAFETY: the buffer holds m·n values in rows of n; without accumulation the kernel writes every
+    // one of them and reads none, and the length covers them only once they are written.
+    unsafe {
+        gemm_raw(
+            values.as_mut_ptr(),
+            n,
+            lhs,
+            rhs,
+            beta,
+            false,
+            candle_core::utils::get_num_threads(),
+        );
+        values.set_len(m * n);
+    }
+    values
+}
+
 fn gemm_with(dst: Dst, lhs: Mat, rhs: Mat, beta: f32, accumulate: bool, threads: usize) {
+    check_operands(lhs, rhs);
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     let row_stride = if dst.row_stride == 0 {
         n
     } else {
         dst.row_stride
     };
-    assert_eq!(rhs.rows, k, "matmul: inner dimensions differ");
-    assert!(lhs.fits() && rhs.fits(), "matmul: operand too small");
     assert!(
         m * n == 0 || (m - 1) * row_stride + n <= dst.values.len(),
         "matmul: destination too small"
     );
-    assert!(row_stride >= n, "matmul: destination rows overlap");
     if m * n == 0 {
         return;
     }
@@ -149,19 +174,57 @@ fn gemm_with(dst: Dst, lhs: Mat, rhs: Mat, beta: f32, accumulate: bool, threads:
         }
         return;
     }
+    // SAFETY: the assert above keeps the destination's rows inside its slice, and `dst` is borrowed
+    // mutably, so it aliases neither operand.
+    unsafe {
+        gemm_raw(
+            dst.values.as_mut_ptr(),
+            row_stride,
+            lhs,
+            rhs,
+            beta,
+            accumulate,
+            threads,
+        )
+    }
+}
+
+/// Panics where the operands do not fit each other or their slices (a bug, never input).
+fn check_operands(lhs: Mat, rhs: Mat) {
+    assert_eq!(rhs.rows, lhs.cols, "matmul: inner dimensions differ");
+    assert!(lhs.fits() && rhs.fits(), "matmul: operand too small");
+}
+
+/// The product into `m × n` values at `dst`, rows `row_stride` apart (`k > 0`, `m · n > 0`).
+///
+/// # Safety
+/// `dst` must address `(m − 1) · row_stride + n` writable values that alias neither operand, and
+/// hold initialised values where `accumulate` reads them.
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    row_stride: usize,
+    lhs: Mat,
+    rhs: Mat,
+    beta: f32,
+    accumulate: bool,
+    threads: usize,
+) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    check_operands(lhs, rhs);
+    assert!(row_stride >= n, "matmul: destination rows overlap");
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above keep every index gemm computes from these strides inside the slices,
-    // and `dst` is borrowed mutably, so it aliases neither operand.
+    // SAFETY: the asserts keep every index gemm computes from the operands' strides inside their
+    // slices; the caller vouches for the destination.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.values.as_mut_ptr(),
+            dst,
             1,
             row_stride as isize,
             accumulate,

@@ -152,7 +152,7 @@ impl candle_core::CustomOp1 for QuantizedMatmul {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use super::cpu_ops::{cpu_f32, matmul, Mat};
+        use super::cpu_ops::{cpu_f32, product, Mat};
         let (rows, inp) = layout.shape().dims2()?;
         let (out, w_in) = self.weight.dims();
         if inp != w_in {
@@ -161,16 +161,12 @@ impl candle_core::CustomOp1 for QuantizedMatmul {
             );
         }
         let x = cpu_f32(storage, layout, "input")?;
-        let mut y = vec![0f32; rows * out];
-        self.weight.with_cpu_f32(|w| {
-            matmul(
-                &mut y,
+        let y = self.weight.with_cpu_f32(|w| {
+            Ok(product(
                 Mat::new(x, rows, inp),
                 Mat::new(w, out, inp).t(),
                 1.0,
-                false,
-            );
-            Ok(())
+            ))
         })?;
         Ok((
             candle_core::CpuStorage::F32(y),
@@ -179,22 +175,18 @@ impl candle_core::CustomOp1 for QuantizedMatmul {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        use super::cpu_ops::{matmul, Mat};
+        use super::cpu_ops::{product, Mat};
         let dy = dy.contiguous()?;
         let (rows, out) = dy.dims2()?;
         let (_, inp) = self.weight.dims();
         let (storage, layout) = dy.storage_and_layout();
         let dy_values = f32_slice(&storage, layout, "output gradient")?;
-        let mut dx = vec![0f32; rows * inp];
-        self.weight.with_cpu_f32(|w| {
-            matmul(
-                &mut dx,
+        let dx = self.weight.with_cpu_f32(|w| {
+            Ok(product(
                 Mat::new(dy_values, rows, out),
                 Mat::new(w, out, inp),
                 1.0,
-                false,
-            );
-            Ok(())
+            ))
         })?;
         Tensor::from_vec(dx, (rows, inp), dy.device()).map(Some)
     }

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::cpu_ops::{cpu_f32, f32_slice, matmul, matmul_here, Mat};
+use super::cpu_ops::{cpu_f32, f32_slice, matmul, matmul_here, product, Mat};
 use super::frozen::Frozen;
 use super::lora::{DropoutMask, KeptBits, LoraAdapter};
 
@@ -66,11 +66,12 @@ fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 impl LoraMatmul {
     /// `s · dropout(x) · Aᵀ`, `rows × r`, from the dropped input `xd`.
     fn down(&self, xd: &[f32], a: &[f32], rows: usize, rank: usize) -> Vec<f32> {
-        let mut down = vec![0f32; rows * rank];
         let inp = xd.len() / rows.max(1);
-        let (xd, a_t) = (Mat::new(xd, rows, inp), Mat::new(a, rank, inp).t());
-        matmul(&mut down, xd, a_t, self.scale, false);
-        down
+        product(
+            Mat::new(xd, rows, inp),
+            Mat::new(a, rank, inp).t(),
+            self.scale,
+        )
     }
 
     /// The kept elements of `x` (the forward pass's, or drawn again) when this layer drops out.
@@ -112,16 +113,12 @@ impl CustomOp3 for LoraMatmul {
         let dropped = kept.as_ref().map(|kept| kept.apply(x));
         let xd = dropped.as_deref().unwrap_or(x);
         let down = self.down(xd, a, rows, rank);
-        let mut y = vec![0f32; rows * out];
-        self.weight.with_cpu_f32(|w| {
-            matmul(
-                &mut y,
+        let mut y = self.weight.with_cpu_f32(|w| {
+            Ok(product(
                 Mat::new(x, rows, inp),
                 Mat::new(w, out, inp).t(),
                 1.0,
-                false,
-            );
-            Ok(())
+            ))
         })?;
         matmul(
             &mut y,
@@ -188,16 +185,8 @@ impl CustomOp3 for LoraMatmul {
         );
 
         let dx = if x_t.track_op() {
-            let mut dx = vec![0f32; rows * inp];
-            self.weight.with_cpu_f32(|w| {
-                matmul(
-                    &mut dx,
-                    Mat::new(dy, rows, out),
-                    Mat::new(w, out, inp),
-                    1.0,
-                    false,
-                );
-                Ok(())
+            let mut dx = self.weight.with_cpu_f32(|w| {
+                Ok(product(Mat::new(dy, rows, out), Mat::new(w, out, inp), 1.0))
             })?;
             match &kept {
                 None => matmul(
@@ -208,14 +197,8 @@ impl CustomOp3 for LoraMatmul {
                     true,
                 ),
                 Some(kept) => {
-                    let mut through = vec![0f32; rows * inp];
-                    matmul(
-                        &mut through,
-                        Mat::new(&d_down, rows, rank),
-                        Mat::new(a, rank, inp),
-                        1.0,
-                        false,
-                    );
+                    let through =
+                        product(Mat::new(&d_down, rows, rank), Mat::new(a, rank, inp), 1.0);
                     kept.add_applied(&mut dx, &through);
                 }
             }
