@@ -17,7 +17,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::vector::{exp, max, sum_slice, vector_fn};
+use super::vector::{exp, max, sum_of, vector_fn};
 
 use super::cpu_ops::{cpu_f32, matmul_here, Mat};
 
@@ -191,7 +191,7 @@ vector_fn! {
                 continue;
             }
             row.iter_mut().for_each(|v| *v = exp(*v - max));
-            let inv = 1.0 / sum_slice(row);
+            let inv = 1.0 / sum_of(row.len(), |i| row[i]);
             row.iter_mut().for_each(|v| *v *= inv);
         }
     }

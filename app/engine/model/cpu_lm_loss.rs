@@ -21,8 +21,8 @@ use super::frozen::Frozen;
 use super::vector::{exp, max, sum_of, vector_fn};
 
 /// Rows projected onto the vocabulary at a time: 256 × 49,152 f32 logits are 50 MB. Fewer rows pack
-/// the output matrix for the products too often (64 rows: a tenth more CPU time for the step); more
-/// hold more memory for no gain.
+/// the output matrix for the products more often (packing took 6.8% of a SmolLM2 step's CPU time with
+/// 64 rows, 4.7% with 256); more hold more memory.
 const ROWS_PER_SLICE: usize = 256;
 
 /// `−log softmax(cap(h·Wᵀ))[target]` for each row of `hidden (n, in)`, where `weight` is the output

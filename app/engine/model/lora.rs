@@ -193,11 +193,17 @@ const MASK_CHUNK: usize = 1 << 14;
 impl DropoutMask {
     /// Element `i`: 0 or 1/(1-p).
     pub fn value(&self, i: usize) -> f32 {
-        if SplitMix64::unit_at(self.stream, i as u64) < self.keep {
+        if kept(self.stream, self.threshold(), i as u64) {
             self.scale
         } else {
             0.0
         }
+    }
+
+    /// Element `i` is kept when the top 53 bits of its draw, as a fraction, are below `keep`:
+    /// unit < keep ⟺ (u >> 11) / 2⁵³ < keep ⟺ (u >> 11) < ⌈keep · 2⁵³⌉, decided in integers.
+    fn threshold(&self) -> u64 {
+        (self.keep * (1u64 << 53) as f64).ceil() as u64
     }
 
     /// Elements `0..n`.
@@ -212,9 +218,7 @@ impl DropoutMask {
     /// pass and reads again in its backward pass (an eighth of a byte per input value, where the
     /// dropped input itself would cost four bytes, and drawing it again would cost the time).
     pub fn draw(&self, n: usize) -> KeptBits {
-        // unit < keep ⟺ (u >> 11) / 2⁵³ < keep ⟺ (u >> 11) < ⌈keep · 2⁵³⌉: the same decision as
-        // `value`, in integers.
-        let threshold = (self.keep * (1u64 << 53) as f64).ceil() as u64;
+        let threshold = self.threshold();
         let mut words = vec![0u64; n.div_ceil(64)];
         words
             .par_chunks_mut(MASK_CHUNK / 64)
@@ -238,11 +242,11 @@ super::vector::vector_fn! {
             let base = (first + w * 64) as u64;
             let mut draws = [0u64; 64];
             for (j, d) in draws.iter_mut().enumerate() {
-                *d = SplitMix64::u64_at(stream, base + j as u64) >> 11;
+                *d = kept(stream, threshold, base + j as u64) as u64;
             }
             let mut bits = 0u64;
             for (j, d) in draws.iter().enumerate() {
-                bits |= ((*d < threshold) as u64) << j;
+                bits |= d << j;
             }
             let valid = n.saturating_sub(first + w * 64).min(64);
             *word = if valid == 64 {
@@ -252,6 +256,12 @@ super::vector::vector_fn! {
             };
         }
     }
+}
+
+/// Whether element `i` of `stream` is kept under [`DropoutMask::threshold`].
+#[inline(always)]
+fn kept(stream: u64, threshold: u64, i: u64) -> bool {
+    SplitMix64::u64_at(stream, i) >> 11 < threshold
 }
 
 /// A drawn dropout mask: which elements are kept, and the scale kept ones get.
