@@ -188,3 +188,165 @@ fn missing_shard_is_named() {
         "{msg}"
     );
 }
+
+/// Sequences of different lengths decoded together (each with its own cache, at its own position)
+/// give the logits a full forward pass gives each of them alone, on every architecture; Gemma 3's
+/// sliding window (4 positions in the fixture) is passed by the longer sequences.
+#[test]
+fn batched_decoding_matches_full_forward_passes() {
+    let last_logits = |model: &Model, ids: &[u32]| {
+        let ids = Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        model
+            .forward_last(&ids, 0, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+    };
+    for name in ARCHS {
+        let model = support::tiny_model(name);
+        assert!(model.decodes_in_batches());
+        let prompts: [&[u32]; 3] = [&[1, 5, 9, 2], &[3], &[7, 7, 4, 11, 12, 6, 8]];
+        let next: [[u32; 3]; 3] = [[4, 8, 1], [2, 2, 9], [10, 3, 5]];
+        let mut caches = Vec::new();
+        let mut seqs: Vec<Vec<u32>> = Vec::new();
+        for p in prompts {
+            let (logits, cache) = model.prefill(p).unwrap();
+            assert_eq!(cache.len(), p.len());
+            let gap = support::max_abs_diff(&logits, &last_logits(&model, p));
+            assert!(gap < 1e-4, "{name}: prefill differs by {gap}");
+            caches.push(cache);
+            seqs.push(p.to_vec());
+        }
+        for step in 0..3 {
+            let tokens: Vec<u32> = next.iter().map(|n| n[step]).collect();
+            let logits = model.decode_step(&tokens, &mut caches).unwrap();
+            for (i, seq) in seqs.iter_mut().enumerate() {
+                seq.push(tokens[i]);
+                let gap = support::max_abs_diff(&logits.get(i).unwrap(), &last_logits(&model, seq));
+                assert!(gap < 1e-4, "{name}: sequence {i}, step {step}: {gap}");
+                assert_eq!(caches[i].len(), seq.len());
+            }
+        }
+    }
+    let model = support::tiny_model("llama");
+    let (_, cache) = model.prefill(&[1, 2]).unwrap();
+    let err = model.decode_step(&[1, 2], &mut [cache]).unwrap_err();
+    assert!(
+        err.to_string().contains("2 tokens for 1 sequences"),
+        "{err}"
+    );
+}
+
+/// Answering many prompts together gives each the answer it gets alone, whichever prompts share a
+/// batch and whatever order they finish in (continuous batching: 5 prompts through 2 slots).
+#[test]
+fn batched_generation_gives_the_answers_of_one_at_a_time() {
+    use loft::engine::generate::{generate, generate_many, Sampling};
+    use std::sync::atomic::AtomicBool;
+    let model = support::tiny_model("qwen3");
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![1, 5, 9, 2],
+        vec![3],
+        vec![7, 7, 4, 11, 12, 6, 8],
+        vec![20, 21],
+        vec![9, 9, 9],
+    ];
+    let cancel = AtomicBool::new(false);
+    for sampling in [
+        Sampling {
+            max_new_tokens: 12,
+            ..Sampling::default()
+        },
+        Sampling {
+            max_new_tokens: 12,
+            temperature: Some(0.9),
+            top_p: 0.95,
+            seed: 5,
+        },
+    ] {
+        // Token 0 stops some answers early, so sequences leave the batch at different steps.
+        let stops = [0u32, 17];
+        let mut batched = vec![None; prompts.len()];
+        generate_many(
+            &model,
+            &prompts,
+            &sampling,
+            &stops,
+            2,
+            &cancel,
+            &mut |i, g| batched[i] = Some(g.tokens),
+        )
+        .unwrap();
+        let mut alone = vec![None; prompts.len()];
+        generate_many(
+            &model,
+            &prompts,
+            &sampling,
+            &stops,
+            1,
+            &cancel,
+            &mut |i, g| alone[i] = Some(g.tokens),
+        )
+        .unwrap();
+        assert_eq!(batched, alone, "{sampling:?}");
+        if sampling.temperature.is_none() {
+            let first =
+                generate(&model, &prompts[0], &sampling, &stops, &cancel, &mut |_| {}).unwrap();
+            assert_eq!(batched[0].as_ref(), Some(&first.tokens));
+        }
+    }
+    let err = generate_many(
+        &model,
+        &[vec![1], vec![]],
+        &Sampling::default(),
+        &[],
+        4,
+        &cancel,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("prompt 2"), "{err}");
+}
+
+/// An adapter merged into the weights gives the logits of the adapter applied beside them, and the
+/// base comes back exactly when the merge is undone.
+#[test]
+fn merged_adapters_give_the_unmerged_logits_and_restore_the_base() {
+    use loft::engine::model::LoraConfig;
+    let mut model = support::tiny_model("llama");
+    let ids = Tensor::new(&[[1u32, 8, 3, 12, 4]], &Device::Cpu).unwrap();
+    let base = model.forward(&ids, 0, None).unwrap();
+    let config = LoraConfig::default();
+    // q_proj and o_proj are 64 × 64 in the tiny model; the other modules keep no adapter.
+    let attached = model
+        .attach_lora_weights(&config, |path| {
+            let square = path.ends_with("q_proj") || path.ends_with("o_proj");
+            let (r, dim) = (config.r, 64);
+            let a = Tensor::randn(0f32, 0.2, (r, dim), &Device::Cpu).unwrap();
+            let b = Tensor::randn(0f32, 0.2, (dim, r), &Device::Cpu).unwrap();
+            square.then_some((a, b))
+        })
+        .unwrap();
+    assert_eq!(attached, 4);
+    let unmerged = model.forward(&ids, 0, None).unwrap();
+    assert!(
+        support::max_abs_diff(&unmerged, &base) > 1e-3,
+        "the adapter changes the logits"
+    );
+    let merged_base = model.merge_adapters().unwrap();
+    assert_eq!(model.adapters().count(), 0);
+    let merged = model.forward(&ids, 0, None).unwrap();
+    let gap = support::max_abs_diff(&merged, &unmerged);
+    assert!(gap < 1e-4, "merged logits differ by {gap}");
+    model.restore_base(merged_base).unwrap();
+    let again = model.forward(&ids, 0, None).unwrap();
+    assert_eq!(support::max_abs_diff(&again, &unmerged), 0.0);
+    model.remove_adapters().unwrap();
+    assert_eq!(
+        support::max_abs_diff(&model.forward(&ids, 0, None).unwrap(), &base),
+        0.0
+    );
+}

@@ -5,12 +5,9 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use loft::engine::adapter;
-use loft::engine::chat::ChatMessage;
-use loft::engine::generate::{generate, Sampling};
 use loft::engine::model::{BaseFormat, LoadOptions};
 use loft::engine::source::{self, ModelFiles};
 
@@ -58,31 +55,13 @@ fn run_folder(out: &std::process::Output) -> PathBuf {
     )
 }
 
-/// Unigram F1 between two texts (lowercase words): how much an answer says what the reference says.
-fn overlap(answer: &str, reference: &str) -> f64 {
-    let words = |s: &str| -> Vec<String> {
-        s.to_lowercase()
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
-    let (a, r) = (words(answer), words(reference));
-    let common = a.iter().filter(|w| r.contains(w)).count() as f64;
-    if common == 0.0 {
-        return 0.0;
-    }
-    let (p, rc) = (common / a.len() as f64, common / r.len() as f64);
-    2.0 * p * rc / (p + rc)
-}
-
 #[test]
 fn lora_training_improves_the_real_model() {
     let gguf = support::smollm2_gguf();
     let runs = tempfile::tempdir().unwrap();
     // Two epochs over 24 conversations, so the training loss is measured on rows seen before; the
     // eval rows are held out entirely.
-    let (rows, train_file, eval_file) = split_sample(runs.path(), 24, 8);
+    let (_, train_file, eval_file) = split_sample(runs.path(), 24, 8);
     let out = loft(&[
         "train",
         "--model",
@@ -139,54 +118,119 @@ fn lora_training_improves_the_real_model() {
         "per-step lines are printed: {stderr}"
     );
 
-    // Held-out prompts: the tuned model answers closer to the data's answers than the base model.
-    let files = ModelFiles::from_gguf(&gguf).unwrap();
-    let base = source::load(&files, &LoadOptions::default()).unwrap();
-    let mut tuned = source::load(&files, &LoadOptions::default()).unwrap();
-    adapter::load_peft(&mut tuned.model, &adapter::adapter_dir(&run)).unwrap();
-    let held_out: Vec<serde_json::Value> = rows[rows.len() - 4..]
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let (mut base_score, mut tuned_score) = (0.0, 0.0);
-    for row in &held_out {
-        let messages: Vec<ChatMessage> = serde_json::from_value(row["messages"].clone()).unwrap();
-        let (reference, prompt) = messages.split_last().unwrap();
-        let answer = |m: &source::LoadedModel| {
-            let text = m.template.render(prompt, true).unwrap();
-            let ids = m
-                .tokenizer
-                .encode(text.as_str(), false)
-                .unwrap()
-                .get_ids()
-                .to_vec();
-            let sampling = Sampling {
-                max_new_tokens: 48,
-                ..Sampling::default()
-            };
-            let out = generate(
-                &m.model,
-                &ids,
-                &sampling,
-                &m.stop_tokens,
-                &AtomicBool::new(false),
-                &mut |_| {},
-            )
+    // `loft eval --run`: base vs the run on the examples it held out (its --eval-data file).
+    let cache = runs.path().join("cache");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--run",
+            run.to_str().unwrap(),
+            "--max-new-tokens",
+            "48",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_loft"))
+            .args(&args)
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .expect("run loft eval");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (table, stderr) = eval(&["--check", "absent:as an AI"]);
+    let folder = PathBuf::from(table.lines().last().unwrap());
+    assert!(folder.starts_with(run.join("eval")), "{table}");
+    eprintln!("{table}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("report.json")).unwrap())
             .unwrap();
-            m.tokenizer.decode(&out.tokens, true).unwrap()
-        };
-        let (b, t) = (answer(&base), answer(&tuned));
-        base_score += overlap(&b, &reference.content);
-        tuned_score += overlap(&t, &reference.content);
-        eprintln!(
-            "PROMPT {:?}\n  base:  {b:?}\n  tuned: {t:?}",
-            prompt.last().unwrap().content
+    assert_eq!(report["eval_set"]["rows"], 8, "{stderr}");
+    let models = report["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0]["name"], "base");
+    let loss = |m: &serde_json::Value| m["eval_loss"].as_f64().unwrap();
+    assert!(
+        loss(&models[1]) < loss(&models[0]),
+        "the tuned eval loss is below the base's: {} vs {}",
+        loss(&models[1]),
+        loss(&models[0])
+    );
+    // The report's eval loss is the one training measured on the same held-out file.
+    assert!(
+        (loss(&models[1]) - evals[2]).abs() < 1e-3,
+        "{} vs {evals:?}",
+        loss(&models[1])
+    );
+    for key in [
+        "exact_match",
+        "token_f1",
+        "rouge_l",
+        "length_ratio",
+        "refusal",
+        "check_1",
+    ] {
+        for m in models {
+            let a = &m["aggregates"][key];
+            assert!(
+                a["low"].as_f64().unwrap() <= a["mean"].as_f64().unwrap(),
+                "{key}: {a}"
+            );
+            assert!(
+                a["mean"].as_f64().unwrap() <= a["high"].as_f64().unwrap(),
+                "{key}: {a}"
+            );
+        }
+        assert!(models[1]["change_vs_base"][key].is_object(), "{key}");
+    }
+    let mean = |m: &serde_json::Value, key: &str| m["aggregates"][key]["mean"].as_f64().unwrap();
+    assert!(
+        mean(&models[1], "rouge_l") > mean(&models[0], "rouge_l"),
+        "tuned answers move towards the data: ROUGE-L {} vs base {}",
+        mean(&models[1], "rouge_l"),
+        mean(&models[0], "rouge_l")
+    );
+    for m in models {
+        let latency = &m["latency"];
+        for key in [
+            "tokens_in",
+            "tokens_out",
+            "time_to_first_token_ms",
+            "ms_per_token",
+            "tokens_per_second",
+        ] {
+            assert!(latency[key].as_f64().unwrap() > 0.0, "{key}: {latency}");
+        }
+    }
+    let rows = std::fs::read_to_string(folder.join("rows.jsonl")).unwrap();
+    assert_eq!(rows.lines().count(), 8);
+    for line in rows.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(!row["reference"].as_str().unwrap().is_empty());
+        assert_eq!(row["answers"].as_array().unwrap().len(), 2);
+        for a in row["answers"].as_array().unwrap() {
+            assert!(
+                a["tokens_out"].as_u64().unwrap() >= 1 && a["tokens_out"].as_u64().unwrap() <= 48
+            );
+            assert!(a["scores"]["rouge_l"].is_number(), "{a}");
+        }
+    }
+    let html = std::fs::read_to_string(folder.join("report.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("<svg"), "charts are inline SVG");
+    for external in ["http://", "https://", "src=", "<link", "@import"] {
+        assert!(
+            !html.contains(external),
+            "report.html must be self-contained: {external}"
         );
     }
-    assert!(
-        tuned_score > base_score,
-        "tuned answers should move towards the data ({tuned_score:.3} vs base {base_score:.3})"
-    );
+    // A second evaluation against the same base reuses the base answers, and gives the same figures.
+    let (json, stderr) = eval(&["--check", "absent:as an AI", "--json"]);
+    assert!(stderr.contains("answers from the cache"), "{stderr}");
+    let again: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let base_then = &report["models"][0]["aggregates"]["rouge_l"]["mean"];
+    assert_eq!(&again["models"]["base"]["rouge_l"]["mean"], base_then);
+    assert!(again["models"][run.file_name().unwrap().to_str().unwrap()]["eval_loss"].is_number());
 }
 
 /// QLoRA on the real model: the base is measured dense, quantized to NF4 and measured again before

@@ -1099,3 +1099,83 @@ fn qlora_on_a_model_s_own_quantized_blocks_is_offered_for_gguf_models_only() {
     );
     assert_eq!(h.state().blocker(), None);
 }
+
+/// Step 5: a finished run is evaluated against its base from the Evaluate page; the metric cards and
+/// the examples appear, the filters sort the examples, and one opens side by side.
+#[test]
+fn an_evaluation_runs_from_the_evaluate_page_and_opens_an_example_side_by_side() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = support::loft(&[
+        "train",
+        "--model",
+        tiny_chat_model().to_str().unwrap(),
+        "--data",
+        sample_chat().to_str().unwrap(),
+        "--out",
+        runs.path().to_str().unwrap(),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let app = LoftApp::new(
+        &egui::Context::default(),
+        AppOptions {
+            runs_dir: runs.path().to_path_buf(),
+            eval_cache: Some(runs.path().join("eval-cache")),
+            ..AppOptions::default()
+        },
+        None,
+    );
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 1400.0))
+        .build_ui_state(|ui, app: &mut LoftApp| app.ui(ui), app);
+    click(&mut h, "5. Evaluate");
+    wait_for(&mut h, "the finished run", |h| h.state().eval.run.is_some());
+    h.get_by_label("Longest answer (tokens)").click();
+    h.step();
+    h.get_by_label("Longest answer (tokens)").type_text("8");
+    h.step();
+    click(&mut h, "Start evaluation");
+    wait_for(&mut h, "the report", |h| h.state().eval.report.is_some());
+    assert!(h.state().eval.error.is_none(), "{:?}", h.state().eval.error);
+    let (report, folder) = h.state().eval.report.clone().unwrap();
+    assert!(folder.starts_with(h.state().eval.run.clone().unwrap().join("eval")));
+    assert!(folder.join("report.html").is_file());
+    assert_eq!(report.models.len(), 2);
+    assert!(report
+        .rows
+        .iter()
+        .all(|r| r.answers.iter().all(|a| a.tokens_out <= 8)));
+    h.step();
+    for card in ["Exact match", "ROUGE-L", "Eval loss", "Tokens per answer"] {
+        assert!(has(&h, card), "the {card} card");
+    }
+    // The filters count what they keep; "All" lists every example.
+    let n = report.rows.len();
+    click(&mut h, &format!("All ({n})"));
+    assert_eq!(h.state().eval.filter, loft::ui::EvalFilter::All);
+    let counts: usize = ["Regressed", "Improved", "Failed by both"]
+        .iter()
+        .map(|f| {
+            let label = label_starting(&h, &format!("{f} ("));
+            label[f.len() + 2..label.len() - 1]
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert!(counts <= n);
+    let first = label_starting(&h, "#1 (line ");
+    click_first(&mut h, &first);
+    assert_eq!(h.state().eval.selected, Some(0));
+    assert!(has(&h, "Example #1"));
+    assert!(has(&h, "Reference"));
+    assert!(has(&h, "Fine-tuned ("));
+}

@@ -4,6 +4,7 @@
 mod bench;
 mod data;
 mod estimate;
+mod eval;
 mod interrupt;
 mod models;
 pub mod train;
@@ -39,6 +40,9 @@ enum Command {
     /// How much memory a training run needs, by part, and whether it fits (works from a model's
     /// config.json alone).
     Estimate(estimate::EstimateArgs),
+    /// Evaluate the base model against fine-tuned adapters on held-out examples: task metrics with
+    /// intervals, loss, latency; writes report.json, rows.jsonl and report.html, printed last.
+    Eval(Box<eval::EvalArgs>),
     /// Train a LoRA adapter, on a full-precision or a 4-bit (QLoRA) base, or resume a run; the last
     /// line printed is the run folder.
     Train(Box<train::TrainArgs>),
@@ -66,6 +70,7 @@ pub fn main() -> i32 {
         Some(Command::Validate(args)) => data::validate(args),
         Some(Command::Estimate(args)) => estimate::estimate(args).map(|()| 0),
         Some(Command::Train(args)) => train::train(*args),
+        Some(Command::Eval(args)) => eval::eval(*args),
         Some(Command::BenchTrain(args)) => bench::bench_train(args).map(|()| 0),
         Some(Command::BenchEstimate(args)) => bench::bench_estimate(args).map(|()| 0),
         Some(Command::WindowCheck(args)) => window::window_check(args),

@@ -48,8 +48,11 @@ pub fn window_check(args: WindowCheckArgs) -> Result<i32> {
         "data" => Page::Data,
         "method" => Page::Method,
         "train" => Page::Train,
+        "evaluate" => Page::Evaluate,
         "runs" => Page::Runs,
-        other => bail!("--page must be model, data, method, train or runs, not `{other}`"),
+        other => {
+            bail!("--page must be model, data, method, train, evaluate or runs, not `{other}`")
+        }
     };
     let temp;
     let runs_dir = match args.runs_dir {

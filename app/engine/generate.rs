@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Tensor, D};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
-use super::model::{KvCache, Model};
+use super::model::{KvCache, Model, SeqCache};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampling {
@@ -31,7 +31,7 @@ impl Default for Sampling {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     StopToken,
@@ -66,22 +66,8 @@ pub fn generate(
     cancel: &AtomicBool,
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(ModelError::invalid_input(
-            "prompt",
-            "the prompt is empty: nothing to continue",
-        ));
-    }
+    check_prompt(model, prompt)?;
     let context = model.arch.max_position_embeddings;
-    if prompt.len() >= context {
-        return Err(ModelError::invalid_input(
-            "prompt",
-            format!(
-                "the prompt has {} tokens but the model's context holds {context}: shorten it",
-                prompt.len()
-            ),
-        ));
-    }
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut cache = KvCache::new(model);
     let mut tokens = Vec::new();
@@ -120,6 +106,182 @@ pub fn generate(
         prefill,
         decode: start.elapsed().saturating_sub(prefill),
     })
+}
+
+/// A prompt generation can continue: not empty, and shorter than the model's context.
+fn check_prompt(model: &Model, prompt: &[u32]) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(ModelError::invalid_input(
+            "prompt",
+            "the prompt is empty: nothing to continue",
+        ));
+    }
+    let context = model.arch.max_position_embeddings;
+    if prompt.len() >= context {
+        return Err(ModelError::invalid_input(
+            "prompt",
+            format!(
+                "the prompt has {} tokens but the model's context holds {context}: shorten it",
+                prompt.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Answer many prompts, up to `batch` of them at a time: each step decodes one token for every
+/// sequence in flight, and a sequence that ends makes room for the next prompt at once (continuous
+/// batching), so a long answer never holds the others back. `on_answer(i, generation)` reports each
+/// prompt's answer as it completes, in completion order.
+///
+/// Answers are the ones [`generate`] gives each prompt alone: every sequence keeps its own cache and
+/// position, and sampling draws from a generator seeded by `sampling.seed` and the prompt's index, so
+/// neither depends on which prompts share a batch. `prefill` times a sequence from when its prompt
+/// started to its first token; `decode` is the rest, with the steps it shared.
+///
+/// Models that [`Model::decodes_in_batches`] cannot serve answer one prompt at a time. Cancelling
+/// reports nothing more and returns.
+pub fn generate_many(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    sampling: &Sampling,
+    stop_tokens: &[u32],
+    batch: usize,
+    cancel: &AtomicBool,
+    on_answer: &mut dyn FnMut(usize, Generation),
+) -> Result<()> {
+    for (i, prompt) in prompts.iter().enumerate() {
+        check_prompt(model, prompt)
+            .map_err(|e| ModelError::invalid_input("prompt", format!("prompt {}: {e}", i + 1)))?;
+    }
+    if !model.decodes_in_batches() || batch <= 1 || sampling.max_new_tokens == 0 {
+        for (i, prompt) in prompts.iter().enumerate() {
+            let mut seeded = sampling.clone();
+            seeded.seed = prompt_seed(sampling.seed, i);
+            let generation = generate(model, prompt, &seeded, stop_tokens, cancel, &mut |_| {})?;
+            if generation.stop == StopReason::Cancelled {
+                return Ok(());
+            }
+            on_answer(i, generation);
+        }
+        return Ok(());
+    }
+    let context = model.arch.max_position_embeddings;
+    let mut waiting = (0..prompts.len()).rev().collect::<Vec<_>>();
+    let mut flight: Vec<InFlight> = Vec::new();
+    let mut caches: Vec<SeqCache> = Vec::new();
+    loop {
+        while flight.len() < batch {
+            let Some(index) = waiting.pop() else { break };
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let started = Instant::now();
+            let (logits, cache) = model.prefill(&prompts[index])?;
+            let mut sequence = InFlight {
+                index,
+                started,
+                prefill: Duration::ZERO,
+                tokens: Vec::new(),
+                rng: StdRng::seed_from_u64(prompt_seed(sampling.seed, index)),
+            };
+            let next = pick(&logits, sampling, &mut sequence.rng)?;
+            sequence.prefill = started.elapsed();
+            sequence.tokens.push(next);
+            match ending(
+                &sequence.tokens,
+                cache.len(),
+                sampling,
+                stop_tokens,
+                context,
+            ) {
+                Some(stop) => on_answer(index, sequence.finish(stop, prompts[index].len())),
+                None => {
+                    flight.push(sequence);
+                    caches.push(cache);
+                }
+            }
+        }
+        if flight.is_empty() {
+            return Ok(());
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let last: Vec<u32> = flight
+            .iter()
+            .map(|s| s.tokens[s.tokens.len() - 1])
+            .collect();
+        let logits = model.decode_step(&last, &mut caches)?;
+        let mut done = Vec::new();
+        for (row, sequence) in flight.iter_mut().enumerate() {
+            let next = pick(&logits.get(row)?, sampling, &mut sequence.rng)?;
+            sequence.tokens.push(next);
+            if let Some(stop) = ending(
+                &sequence.tokens,
+                caches[row].len(),
+                sampling,
+                stop_tokens,
+                context,
+            ) {
+                done.push((row, stop));
+            }
+        }
+        // Highest rows first, so that each swap_remove moves a row that stays.
+        for (row, stop) in done.into_iter().rev() {
+            let sequence = flight.swap_remove(row);
+            caches.swap_remove(row);
+            let prompt_tokens = prompts[sequence.index].len();
+            on_answer(sequence.index, sequence.finish(stop, prompt_tokens));
+        }
+    }
+}
+
+/// A sequence being answered by [`generate_many`].
+struct InFlight {
+    index: usize,
+    started: Instant,
+    prefill: Duration,
+    tokens: Vec<u32>,
+    rng: StdRng,
+}
+
+impl InFlight {
+    fn finish(self, stop: StopReason, prompt_tokens: usize) -> Generation {
+        Generation {
+            stop,
+            prompt_tokens,
+            prefill: self.prefill,
+            decode: self.started.elapsed().saturating_sub(self.prefill),
+            tokens: self.tokens,
+        }
+    }
+}
+
+/// Why a sequence whose last token was just chosen stops there, if it does; `cached` positions are
+/// in its cache (the new token not yet among them).
+fn ending(
+    tokens: &[u32],
+    cached: usize,
+    sampling: &Sampling,
+    stop_tokens: &[u32],
+    context: usize,
+) -> Option<StopReason> {
+    let last = tokens.last()?;
+    if stop_tokens.contains(last) {
+        Some(StopReason::StopToken)
+    } else if tokens.len() >= sampling.max_new_tokens {
+        Some(StopReason::MaxTokens)
+    } else if cached >= context {
+        Some(StopReason::ContextFull)
+    } else {
+        None
+    }
+}
+
+/// The sampling seed of prompt `index` in a batch: the same whatever else shares the batch.
+fn prompt_seed(seed: u64, index: usize) -> u64 {
+    crate::engine::rng::SplitMix64::u64_at(seed, index as u64)
 }
 
 fn pick(logits: &Tensor, sampling: &Sampling, rng: &mut StdRng) -> Result<u32> {

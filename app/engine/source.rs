@@ -329,19 +329,31 @@ impl LoadedModel {
     /// The token ids of a prompt: one user turn (after an optional system turn) through the chat template,
     /// or the text as it is when `raw`.
     pub fn prompt_ids(&self, system: Option<&str>, prompt: &str, raw: bool) -> Result<Vec<u32>> {
-        let text = if raw {
-            prompt.to_string()
-        } else {
+        if !raw {
             let mut messages = Vec::new();
             if let Some(system) = system {
                 messages.push(crate::engine::chat::ChatMessage::new("system", system));
             }
             messages.push(crate::engine::chat::ChatMessage::new("user", prompt));
-            self.template.render(&messages, true)?
-        };
+            return self.chat_prompt_ids(&messages);
+        }
+        self.tokenize(prompt, true)
+    }
+
+    /// The token ids that ask the model to answer `messages`: the chat template with its generation
+    /// prompt (the template writes the special tokens itself).
+    pub fn chat_prompt_ids(
+        &self,
+        messages: &[crate::engine::chat::ChatMessage],
+    ) -> Result<Vec<u32>> {
+        let text = self.template.render(messages, true)?;
+        self.tokenize(&text, false)
+    }
+
+    fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         Ok(self
             .tokenizer
-            .encode(text.as_str(), raw)
+            .encode(text, add_special_tokens)
             .map_err(|e| ModelError::Tokenizer {
                 path: "tokenizer".into(),
                 message: format!("cannot tokenize the prompt: {e}"),

@@ -9,6 +9,7 @@ use egui::{Key, RichText, Ui};
 use serde::{Deserialize, Serialize};
 
 use super::data_page::{self, DataPage};
+use super::eval_page::EvalPage;
 use super::jobs::Job;
 use super::method_page::{self, DeviceInfo, MethodContext, MethodPage};
 use super::model_page::ModelPage;
@@ -30,15 +31,17 @@ pub enum Page {
     Data,
     Method,
     Train,
+    Evaluate,
     Runs,
 }
 
 impl Page {
-    pub const ALL: [Page; 5] = [
+    pub const ALL: [Page; 6] = [
         Page::Model,
         Page::Data,
         Page::Method,
         Page::Train,
+        Page::Evaluate,
         Page::Runs,
     ];
 
@@ -48,6 +51,7 @@ impl Page {
             Page::Data => "Data",
             Page::Method => "Method",
             Page::Train => "Train",
+            Page::Evaluate => "Evaluate",
             Page::Runs => "Runs",
         }
     }
@@ -64,6 +68,8 @@ pub struct AppOptions {
     pub hub: crate::engine::hub::HubOptions,
     /// The program that shows a run's folder (None: the platform's file manager, e.g. xdg-open).
     pub folder_opener: Option<PathBuf>,
+    /// Where evaluation caches the base model's answers (None: the platform's cache folder).
+    pub eval_cache: Option<PathBuf>,
 }
 
 /// Frame timings, for the measurements the smoke check prints.
@@ -81,6 +87,7 @@ pub struct LoftApp {
     pub data: DataPage,
     pub method: MethodPage,
     pub train: TrainPage,
+    pub eval: EvalPage,
     pub runs: RunsPage,
     pub runs_dir: PathBuf,
     device_job: Option<Job<DeviceInfo>>,
@@ -105,6 +112,7 @@ impl LoftApp {
             data: DataPage::default(),
             method: MethodPage::default(),
             train: TrainPage::default(),
+            eval: EvalPage::new(options.eval_cache),
             runs: RunsPage::new(options.folder_opener),
             runs_dir: options.runs_dir,
             device_job: Some(Job::spawn(ctx, "device", |r| r.send(describe_device()))),
@@ -195,6 +203,7 @@ impl LoftApp {
             self.runs.runs = None;
         }
         self.runs.poll();
+        self.eval.poll();
         if let Some(job) = &mut self.device_job {
             if let Some(d) = job.poll().pop() {
                 self.method.device = Some(d);
@@ -441,7 +450,14 @@ impl LoftApp {
     }
 
     fn shortcuts(&mut self, ctx: &egui::Context) {
-        let keys = [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5];
+        let keys = [
+            Key::Num1,
+            Key::Num2,
+            Key::Num3,
+            Key::Num4,
+            Key::Num5,
+            Key::Num6,
+        ];
         for (key, page) in keys.into_iter().zip(Page::ALL) {
             if ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, key)) {
                 self.page = page;
@@ -480,7 +496,7 @@ impl LoftApp {
                     };
                     ui.label(RichText::new(truncate(&status, 38)).small().color(color));
                 });
-                if page == Page::Train {
+                if page == Page::Evaluate {
                     ui.separator();
                 } else if page != Page::Runs {
                     ui.label(RichText::new(">").weak());
@@ -502,6 +518,7 @@ impl LoftApp {
                 matches!(self.train.phase, train_page::Phase::Finished { .. }),
                 self.train.status(),
             ),
+            Page::Evaluate => (self.eval.report.is_some(), self.eval.status()),
             Page::Runs => (false, "history".into()),
         }
     }
@@ -557,6 +574,13 @@ impl LoftApp {
                     self.start_run(&ctx);
                 }
             }
+            Page::Evaluate => {
+                if self.runs.runs.is_none() {
+                    self.runs.reload(&ctx, &self.runs_dir);
+                }
+                let files: Vec<PathBuf> = self.data.files.iter().map(|f| f.path.clone()).collect();
+                self.eval.ui(ui, self.runs.runs.as_deref(), &files);
+            }
             Page::Runs => {
                 let running = self
                     .train
@@ -564,10 +588,13 @@ impl LoftApp {
                     .then(|| self.train.run_dir.clone())
                     .flatten();
                 let runs_dir = self.runs_dir.clone();
-                if let runs_page::Action::Resume(path) =
-                    self.runs.ui(ui, &runs_dir, running.as_deref())
-                {
-                    self.resume_run(&ctx, path);
+                match self.runs.ui(ui, &runs_dir, running.as_deref()) {
+                    runs_page::Action::Resume(path) => self.resume_run(&ctx, path),
+                    runs_page::Action::Evaluate(path) => {
+                        self.eval.run = Some(path);
+                        self.page = Page::Evaluate;
+                    }
+                    runs_page::Action::None => {}
                 }
             }
         }
@@ -585,7 +612,8 @@ fn next_page(page: Page) -> Option<Page> {
         Page::Model => Some(Page::Data),
         Page::Data => Some(Page::Method),
         Page::Method => Some(Page::Train),
-        Page::Train | Page::Runs => None,
+        Page::Train => Some(Page::Evaluate),
+        Page::Evaluate | Page::Runs => None,
     }
 }
 

@@ -14,6 +14,7 @@
 mod app;
 mod data_page;
 mod dialogs;
+mod eval_page;
 mod fit;
 mod jobs;
 mod method_page;
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 
 pub use app::{AppOptions, LoftApp, Page};
 pub use data_page::EvalChoice;
+pub use eval_page::Filter as EvalFilter;
 pub use remembered::{Remembered, Restored};
 pub use train_page::Phase;
 

@@ -14,6 +14,8 @@ use crate::engine::train::runs::{list_runs, RunStatus, RunSummary};
 pub enum Action {
     None,
     Resume(PathBuf),
+    /// Compare this run with its base model on the Evaluate step.
+    Evaluate(PathBuf),
 }
 
 #[derive(Default)]
@@ -185,6 +187,9 @@ impl RunsPage {
                 {
                     action = Action::Resume(run.path.clone());
                 }
+            }
+            if run.status == RunStatus::Finished && ui.button("Evaluate").clicked() {
+                action = Action::Evaluate(run.path.clone());
             }
             if ui.button("Open folder").clicked() {
                 self.opened

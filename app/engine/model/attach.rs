@@ -6,6 +6,9 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::{Frozen, LoraAdapter, LoraConfig, LoraLinear, Model};
+
+/// Base weights set aside while their adapters are merged in (see [`Model::merge_adapters`]).
+pub struct MergedBase(Vec<(usize, Frozen, Option<LoraAdapter>)>);
 use crate::engine::quant::Nf4Matrix;
 
 impl Model {
@@ -120,6 +123,44 @@ impl Model {
         }
         self.options.base = super::BaseFormat::Nf4 { double_quant };
         Ok(count)
+    }
+
+    /// Fold every adapter into a new copy of its weight, `W + s·B·A`, for inference: each product then
+    /// costs what the base's does. The base weights are handed back, to [`Model::restore_base`] when
+    /// done; modules whose base is quantized keep their adapter unmerged (merging would hold a dense
+    /// copy of a weight that was quantized to save memory).
+    pub fn merge_adapters(&mut self) -> candle_core::Result<MergedBase> {
+        let mut replaced = Vec::new();
+        for (index, linear) in self.linears_mut()?.into_iter().enumerate() {
+            let (Some(adapter), Frozen::Dense(w)) = (&linear.adapter, &linear.weight) else {
+                continue;
+            };
+            let update = (adapter.b.as_tensor().matmul(adapter.a.as_tensor())? * adapter.scale)?;
+            let merged = (w.to_dtype(candle_core::DType::F32)? + update)?.to_dtype(w.dtype())?;
+            let base = std::mem::replace(&mut linear.weight, Frozen::Dense(merged));
+            let adapter = linear.adapter.take();
+            replaced.push((index, base, adapter));
+        }
+        Ok(MergedBase(replaced))
+    }
+
+    /// Undo [`Model::merge_adapters`]: the base weights and their adapters, as they were.
+    pub fn restore_base(&mut self, merged: MergedBase) -> candle_core::Result<()> {
+        let mut linears = self.linears_mut()?;
+        for (index, base, adapter) in merged.0 {
+            let linear = &mut linears[index];
+            linear.weight = base;
+            linear.adapter = adapter;
+        }
+        Ok(())
+    }
+
+    /// Drop every adapter: the base model alone.
+    pub fn remove_adapters(&mut self) -> candle_core::Result<()> {
+        for linear in self.linears_mut()? {
+            linear.adapter = None;
+        }
+        Ok(())
     }
 
     /// The modules that carry adapters, with their module paths.

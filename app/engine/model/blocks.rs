@@ -233,9 +233,15 @@ impl Layer {
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
-        let mut h = self
+        let h = self
             .attn
             .forward(&self.input_norm.forward(x)?, bt, rope, mask, cache)?;
+        self.finish(x, h)
+    }
+
+    /// The rest of the layer once attention has produced `h` for the rows `x`: the residual add, the
+    /// MLP and its residual add (batched decoding computes attention its own way, then joins here).
+    pub(super) fn finish(&self, x: &Tensor, mut h: Tensor) -> candle_core::Result<Tensor> {
         if let Some(norm) = &self.post_attn_norm {
             h = norm.forward(&h)?;
         }

@@ -13,6 +13,7 @@ mod checkpoint;
 mod cpu_attention;
 mod cpu_lm_loss;
 mod cpu_ops;
+mod decode;
 pub mod frozen;
 pub mod linear;
 mod loader;
@@ -25,6 +26,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
 
+pub use attach::MergedBase;
+pub use decode::SeqCache;
 pub use frozen::Frozen;
 pub use linear::LoraLinear;
 pub use loader::{BaseFormat, LoadOptions};

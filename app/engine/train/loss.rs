@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use crate::engine::data::Example;
 use crate::engine::model::ops::cross_entropy_rows;
 use crate::engine::model::Model;
 
@@ -61,4 +62,28 @@ pub fn masked_lm_loss(model: &Model, ids: &Tensor, mask: &Tensor) -> Result<(Ten
         .index_select(&keep, 0)?;
     let nll = model.next_token_nll(&rows, &targets)?;
     Ok(((nll.sum_all()? / count as f64)?, count as f64))
+}
+
+/// The mean loss per trained token over `examples`, in batches of `batch_size` padded with `pad_id`,
+/// without dropout: the eval loss of training and of evaluation; its exponential is the perplexity.
+pub fn mean_loss(
+    model: &Model,
+    examples: &[Example],
+    batch_size: usize,
+    max_seq_len: usize,
+    pad_id: u32,
+) -> crate::engine::Result<f64> {
+    model.dropout_key().set(None);
+    let (mut total, mut count) = (0.0, 0.0);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let rows: Vec<&Example> = chunk.iter().collect();
+        let batch = super::step::pack(&rows, max_seq_len, pad_id, model.device())?;
+        if batch.targets == 0 {
+            continue;
+        }
+        let (loss, n) = masked_lm_loss(model, &batch.ids, &batch.mask)?;
+        total += loss.to_scalar::<f32>()? as f64 * n;
+        count += n;
+    }
+    Ok(total / count.max(1.0))
 }

@@ -242,7 +242,7 @@ fn check_encoded(spec: &RunSpec, sets: [(&Path, &Dataset, &Encoded); 2]) -> Resu
 }
 
 /// The training and evaluation sets: the eval file when there is one, else a seeded split.
-fn datasets(
+pub fn datasets(
     spec: &RunSpec,
     on_event: &mut dyn FnMut(PrepareEvent),
     cancel: &AtomicBool,

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::checkpoint::{self, Skipped};
 use super::config::{LrChange, TrainConfig};
-use super::loss::masked_lm_loss;
+use super::loss::mean_loss;
 use super::memory::{self, DeviceKind, MemoryEstimate};
 use super::optim::AdamW;
 use super::order::BatchOrder;
@@ -677,22 +677,11 @@ pub fn resident_memory() -> u64 {
 }
 /// The mean loss per target token over the eval split, without dropout.
 fn eval_loss(job: &TrainJob) -> Result<f64> {
-    job.model.dropout_key().set(None);
-    let (mut total, mut count) = (0.0, 0.0);
-    for chunk in job.eval.chunks(job.config.micro_batch_size) {
-        let rows: Vec<&Example> = chunk.iter().collect();
-        let batch = pack(
-            &rows,
-            job.config.max_seq_len,
-            job.pad_id,
-            job.model.device(),
-        )?;
-        if batch.targets == 0 {
-            continue;
-        }
-        let (loss, n) = masked_lm_loss(&job.model, &batch.ids, &batch.mask)?;
-        total += loss.to_scalar::<f32>()? as f64 * n;
-        count += n;
-    }
-    Ok(total / count.max(1.0))
+    mean_loss(
+        &job.model,
+        &job.eval,
+        job.config.micro_batch_size,
+        job.config.max_seq_len,
+        job.pad_id,
+    )
 }
