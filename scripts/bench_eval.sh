@@ -21,6 +21,11 @@ for i in 1 2; do
   # A fresh cache each time, so the base answers are generated, not read back.
   XDG_CACHE_HOME="$work/cache-$i" "$LOFT" eval --model "$HF" --data "$work/rows.jsonl" \
     --max-new-tokens "$TOKENS" --batch "$BATCH" --out "$work/report-$i" --json 2>/dev/null |
-    "$PYTHON" -c 'import json,sys; l=json.load(sys.stdin)["models"]["base"]["latency"]; print(f"loft          {l[\"tokens_out\"]*'"$ROWS"':.0f} new tokens at {l[\"tokens_per_second\"]:.1f} tokens/s")'
+    "$PYTHON" -c '
+import json, sys
+latency = json.load(sys.stdin)["models"]["base"]["latency"]
+rows = int(sys.argv[1])
+print(f"loft          {latency['"'"'tokens_out'"'"'] * rows:.0f} new tokens at {latency['"'"'tokens_per_second'"'"']:.1f} tokens/s")
+' "$ROWS"
   "$PYTHON" scripts/bench_eval_reference.py "$HF" "$work/rows.jsonl" "$TOKENS" "$BATCH" 2>/dev/null
 done

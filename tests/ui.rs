@@ -228,6 +228,15 @@ fn lora_settings_change_the_trainable_parameter_count() {
 
 /// The label of the one widget whose label starts with `prefix` (where a longer label also contains
 /// it: "QLoRA memory:" contains "LoRA memory:").
+/// Press a widget that may sit below the fold of the page's scroll area.
+fn press_below_the_fold<S>(h: &mut Harness<'static, S>, label: &str) {
+    h.get_by_label(label).scroll_to_me();
+    h.step();
+    h.get_by_label(label).click_accesskit();
+    h.step();
+    h.step();
+}
+
 fn label_starting<S>(h: &Harness<'static, S>, prefix: &str) -> String {
     let found: Vec<String> = h
         .query_all_by_label_contains(prefix)
@@ -1105,12 +1114,15 @@ fn qlora_on_a_model_s_own_quantized_blocks_is_offered_for_gguf_models_only() {
 #[test]
 fn an_evaluation_runs_from_the_evaluate_page_and_opens_an_example_side_by_side() {
     let runs = tempfile::tempdir().unwrap();
+    let data = runs.path().join("support.jsonl");
+    std::fs::copy(sample_chat(), &data).unwrap();
+    let original = std::fs::read(&data).unwrap();
     let out = support::loft(&[
         "train",
         "--model",
         tiny_chat_model().to_str().unwrap(),
         "--data",
-        sample_chat().to_str().unwrap(),
+        data.to_str().unwrap(),
         "--out",
         runs.path().to_str().unwrap(),
         "--max-steps",
@@ -1134,8 +1146,11 @@ fn an_evaluation_runs_from_the_evaluate_page_and_opens_an_example_side_by_side()
         },
         None,
     );
+    // The page shows the dataset's text and the tiny random model's answers, which hold characters
+    // the default font lacks ("→"); the app draws those as boxes, as it does here.
     let mut h = Harness::builder()
         .with_size(egui::vec2(1280.0, 1400.0))
+        .allow_missing_glyphs()
         .build_ui_state(|ui, app: &mut LoftApp| app.ui(ui), app);
     click(&mut h, "5. Evaluate");
     wait_for(&mut h, "the finished run", |h| h.state().eval.run.is_some());
@@ -1178,4 +1193,61 @@ fn an_evaluation_runs_from_the_evaluate_page_and_opens_an_example_side_by_side()
     assert!(has(&h, "Example #1"));
     assert!(has(&h, "Reference"));
     assert!(has(&h, "Fine-tuned ("));
+
+    // From the failure to better data: correct the nearest training example's answer and this
+    // example's own (it was held out of the same file), save a new file, train again with it.
+    wait_for(&mut h, "the training data", |h| {
+        h.state().eval.fix.data.is_some()
+    });
+    let answer = h
+        .query_all_by_label_contains("Answer of training row ")
+        .filter_map(|n| n.accesskit_node().label())
+        .next()
+        .expect("the nearest training examples");
+    let row: usize = answer["Answer of training row ".len()..].parse().unwrap();
+    h.get_by_label(&answer).click();
+    h.step();
+    h.get_by_label(&answer).type_text(" Edited in the test.");
+    h.step();
+    press_below_the_fold(&mut h, "Correct this example's answer in the data");
+    assert!(has(&h, "Corrected answer"));
+    press_below_the_fold(&mut h, "Save new dataset");
+    wait_for(&mut h, "the saved file", |h| {
+        h.state().eval.fix.saved.is_some()
+    });
+    let saved = h.state().eval.fix.saved.clone().unwrap();
+    assert_eq!(saved, runs.path().join("support.v2.jsonl"));
+    assert_eq!(
+        std::fs::read(&data).unwrap(),
+        original,
+        "the original stays byte-identical"
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&saved)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let before: Vec<String> = String::from_utf8(original)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), before.len());
+    assert!(
+        lines[row - 1].contains("Edited in the test."),
+        "{}",
+        lines[row - 1]
+    );
+    let changed = lines.iter().zip(&before).filter(|(a, b)| a != b).count();
+    assert!(changed <= 2, "only the edited rows change ({changed})");
+    let message = h.state().eval.fix.message.clone().unwrap();
+    assert!(message.0 && message.1.contains("Checked:"), "{message:?}");
+    press_below_the_fold(&mut h, "Train again with this data");
+    assert_eq!(h.state().page, Page::Train);
+    assert_eq!(h.state().data.train_file().unwrap().path, saved);
+    assert_eq!(
+        h.state().method.config.max_steps,
+        Some(4),
+        "the run's settings come along"
+    );
 }

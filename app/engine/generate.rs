@@ -167,38 +167,45 @@ pub fn generate_many(
         return Ok(());
     }
     let context = model.arch.max_position_embeddings;
-    let mut waiting = (0..prompts.len()).rev().collect::<Vec<_>>();
+    // Shortest prompts first, so the prompts prefilled together are of similar length (little
+    // padding); popped from the end.
+    let mut waiting = (0..prompts.len()).collect::<Vec<_>>();
+    waiting.sort_by_key(|&i| std::cmp::Reverse((prompts[i].len(), i)));
     let mut flight: Vec<InFlight> = Vec::new();
     let mut caches: Vec<SeqCache> = Vec::new();
     loop {
-        while flight.len() < batch {
-            let Some(index) = waiting.pop() else { break };
+        let free = batch.saturating_sub(flight.len()).min(waiting.len());
+        if free > 0 {
             if cancel.load(Ordering::Relaxed) {
                 return Ok(());
             }
+            let entering: Vec<usize> = (0..free).filter_map(|_| waiting.pop()).collect();
             let started = Instant::now();
-            let (logits, cache) = model.prefill(&prompts[index])?;
-            let mut sequence = InFlight {
-                index,
-                started,
-                prefill: Duration::ZERO,
-                tokens: Vec::new(),
-                rng: StdRng::seed_from_u64(prompt_seed(sampling.seed, index)),
-            };
-            let next = pick(&logits, sampling, &mut sequence.rng)?;
-            sequence.prefill = started.elapsed();
-            sequence.tokens.push(next);
-            match ending(
-                &sequence.tokens,
-                cache.len(),
-                sampling,
-                stop_tokens,
-                context,
-            ) {
-                Some(stop) => on_answer(index, sequence.finish(stop, prompts[index].len())),
-                None => {
-                    flight.push(sequence);
-                    caches.push(cache);
+            let texts: Vec<&[u32]> = entering.iter().map(|&i| prompts[i].as_slice()).collect();
+            let prefilled = model.prefill_many(&texts)?;
+            for (index, (logits, cache)) in entering.into_iter().zip(prefilled) {
+                let mut sequence = InFlight {
+                    index,
+                    started,
+                    prefill: Duration::ZERO,
+                    tokens: Vec::new(),
+                    rng: StdRng::seed_from_u64(prompt_seed(sampling.seed, index)),
+                };
+                let next = pick(&logits.squeeze(0)?, sampling, &mut sequence.rng)?;
+                sequence.prefill = started.elapsed();
+                sequence.tokens.push(next);
+                match ending(
+                    &sequence.tokens,
+                    cache.len(),
+                    sampling,
+                    stop_tokens,
+                    context,
+                ) {
+                    Some(stop) => on_answer(index, sequence.finish(stop, prompts[index].len())),
+                    None => {
+                        flight.push(sequence);
+                        caches.push(cache);
+                    }
                 }
             }
         }

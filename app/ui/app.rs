@@ -8,8 +8,9 @@ use std::time::Instant;
 use egui::{Key, RichText, Ui};
 use serde::{Deserialize, Serialize};
 
-use super::data_page::{self, DataPage};
+use super::data_page::{self, DataPage, EvalChoice};
 use super::eval_page::EvalPage;
+use super::fix_data;
 use super::jobs::Job;
 use super::method_page::{self, DeviceInfo, MethodContext, MethodPage};
 use super::model_page::ModelPage;
@@ -380,6 +381,31 @@ impl LoftApp {
         self.page = Page::Train;
     }
 
+    /// The next run: `data` (a new version of a run's dataset) for training, with every other setting
+    /// of the run `spec` describes, shown on the Train step.
+    fn train_again(&mut self, data: PathBuf, spec: RunSpec) {
+        self.data.add(data.clone());
+        if let Some(eval) = &spec.eval_data {
+            self.data.add(eval.clone());
+        }
+        if let Some(i) = self.data.files.iter().position(|f| f.path == data) {
+            self.data.train = i;
+        }
+        self.data.eval = match spec
+            .eval_data
+            .as_ref()
+            .and_then(|e| self.data.files.iter().position(|f| &f.path == e))
+        {
+            Some(i) => EvalChoice::File(i),
+            None => EvalChoice::Split(spec.eval_split * 100.0),
+        };
+        self.data.truncate_overlong = spec.truncate_overlong;
+        self.data.train_on_all_tokens = spec.train_on_all_tokens;
+        self.data.skip_error_rows = spec.skip_error_rows;
+        self.method.config = spec.train;
+        self.page = Page::Train;
+    }
+
     /// One frame of the whole window.
     pub fn ui(&mut self, ui: &mut Ui) {
         let ctx = ui.ctx().clone();
@@ -579,7 +605,11 @@ impl LoftApp {
                     self.runs.reload(&ctx, &self.runs_dir);
                 }
                 let files: Vec<PathBuf> = self.data.files.iter().map(|f| f.path.clone()).collect();
-                self.eval.ui(ui, self.runs.runs.as_deref(), &files);
+                if let fix_data::Action::TrainAgain(data, spec) =
+                    self.eval.ui(ui, self.runs.runs.as_deref(), &files)
+                {
+                    self.train_again(data, *spec);
+                }
             }
             Page::Runs => {
                 let running = self

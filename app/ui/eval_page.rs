@@ -9,6 +9,7 @@ use std::time::Instant;
 use egui::{Color32, RichText, Ui};
 use egui_plot::{Bar, BarChart, Plot};
 
+use super::fix_data::{self, FixData};
 use super::jobs::Job;
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::eval::metrics::{parse_checks, word_diff};
@@ -74,6 +75,8 @@ pub struct EvalPage {
     pub run: Option<PathBuf>,
     /// A dataset file to evaluate on instead of the run's held-out examples.
     pub data: Option<PathBuf>,
+    /// A second run to compare with the first, on the same examples.
+    pub compare: Option<PathBuf>,
     /// Longest answer in tokens; empty: chosen from the references.
     pub max_new_tokens: String,
     pub loose: bool,
@@ -93,6 +96,9 @@ pub struct EvalPage {
     pub ask_answers: [String; 2],
     /// Where the cached base answers go (tests point it at a temporary folder).
     pub cache_dir: Option<PathBuf>,
+    /// The run the shown report evaluated.
+    evaluated: Option<PathBuf>,
+    pub fix: FixData,
 }
 
 impl EvalPage {
@@ -119,6 +125,7 @@ impl EvalPage {
     }
 
     pub fn poll(&mut self) {
+        self.fix.poll();
         if let Some(job) = &mut self.job {
             for msg in job.poll() {
                 match msg {
@@ -182,6 +189,7 @@ impl EvalPage {
         let Some(run) = self.run.clone() else {
             return;
         };
+        self.evaluated = Some(run.clone());
         let settings = match self.settings() {
             Ok(s) => s,
             Err(e) => {
@@ -190,6 +198,10 @@ impl EvalPage {
             }
         };
         let request = EvalRequest {
+            adapters: match &self.compare {
+                Some(other) if other != &run => vec![run.clone(), other.clone()],
+                _ => Vec::new(),
+            },
             run: Some(run),
             data: self.data.clone(),
             include_base: true,
@@ -224,7 +236,13 @@ impl EvalPage {
         }
     }
 
-    pub fn ui(&mut self, ui: &mut Ui, runs: Option<&[RunSummary]>, data_files: &[PathBuf]) {
+    pub fn ui(
+        &mut self,
+        ui: &mut Ui,
+        runs: Option<&[RunSummary]>,
+        data_files: &[PathBuf],
+    ) -> fix_data::Action {
+        let mut action = fix_data::Action::None;
         let ctx = ui.ctx().clone();
         widgets::heading(
             ui,
@@ -240,10 +258,11 @@ impl EvalPage {
         }
         if self.report.is_some() {
             ui.separator();
-            self.results_ui(ui);
+            action = self.results_ui(ui, runs.unwrap_or(&[]));
             ui.separator();
             self.ask_ui(ui, &ctx);
         }
+        action
     }
 
     fn setup_ui(
@@ -284,6 +303,29 @@ impl EvalPage {
         if finished.is_empty() {
             ui.label(RichText::new("No finished run yet: train one first (step Train).").weak());
         }
+        widgets::field(
+            ui,
+            "Compare with",
+            "Another finished run to evaluate on the same examples: its metrics appear beside the first run's, and the loss curves of both runs overlaid.",
+            |ui| {
+                egui::ComboBox::from_id_salt("eval-compare")
+                    .selected_text(match &self.compare {
+                        None => "no other run".to_string(),
+                        other => shown(other),
+                    })
+                    .show_ui(ui, |ui| {
+                        ui.selectable_value(&mut self.compare, None, "no other run");
+                        for run in finished.iter().filter(|r| Some(&r.path) != self.run.as_ref()) {
+                            ui.selectable_value(
+                                &mut self.compare,
+                                Some(run.path.clone()),
+                                run.name(),
+                            );
+                        }
+                    })
+                    .response
+            },
+        );
         widgets::field(
             ui,
             "Evaluate on",
@@ -388,9 +430,9 @@ impl EvalPage {
         )));
     }
 
-    fn results_ui(&mut self, ui: &mut Ui) {
+    fn results_ui(&mut self, ui: &mut Ui, runs: &[RunSummary]) -> fix_data::Action {
         let Some((report, folder)) = &self.report else {
-            return;
+            return fix_data::Action::None;
         };
         ui.horizontal(|ui| {
             ui.label(RichText::new("Results").strong());
@@ -405,13 +447,14 @@ impl EvalPage {
             );
         });
         let tuned = tuned_index(report);
-        cards_ui(ui, report, tuned);
+        cards_ui(ui, report);
         charts_ui(ui, report);
         costs_ui(ui, report);
+        loss_curves_ui(ui, report, runs);
         ui.add_space(8.0);
         ui.label(RichText::new("Examples").strong());
         let Some(tuned) = tuned else {
-            return;
+            return fix_data::Action::None;
         };
         let outcomes: Vec<Option<RowOutcome>> = report
             .rows
@@ -469,11 +512,14 @@ impl EvalPage {
                         }
                     });
             });
-        if let Some(i) = self.selected {
-            if let Some(row) = report.rows.get(i) {
-                side_by_side(ui, report, row, base, tuned);
-            }
-        }
+        let (Some(row), Some(run)) = (
+            self.selected.and_then(|i| report.rows.get(i)),
+            &self.evaluated,
+        ) else {
+            return fix_data::Action::None;
+        };
+        side_by_side(ui, report, row, base);
+        self.fix.ui(ui, run, row, &report.eval_set.path)
     }
 
     fn ask_ui(&mut self, ui: &mut Ui, ctx: &egui::Context) {
@@ -593,43 +639,64 @@ fn value(metric: &MetricInfo, v: f64) -> String {
     }
 }
 
-/// One card per metric: base → tuned, the change and its 95% interval, coloured when the interval
-/// says the change is real.
-fn cards_ui(ui: &mut Ui, report: &EvalReport, tuned: Option<usize>) {
-    let base = report.base_index();
+/// One card per metric: each model's mean, and each fine-tuned model's change against the base with
+/// its 95% interval, coloured when the interval says the change is real.
+fn cards_ui(ui: &mut Ui, report: &EvalReport) {
+    let tuned: Vec<usize> = (0..report.models.len())
+        .filter(|&m| report.models[m].adapter.is_some())
+        .collect();
+    let has_base = report.base_index().is_some();
     egui::Grid::new("eval-cards")
-        .num_columns(4)
+        .num_columns(1 + report.models.len() + if has_base { tuned.len() } else { 0 })
         .spacing([16.0, 6.0])
         .show(ui, |ui| {
-            for h in ["Metric", "Base", "Fine-tuned", "Change (95% interval)"] {
-                ui.label(RichText::new(h).strong());
+            ui.label(RichText::new("Metric").strong());
+            for m in &report.models {
+                let title = if m.adapter.is_none() {
+                    "Base".to_string()
+                } else {
+                    m.name.clone()
+                };
+                ui.label(RichText::new(title).strong());
+            }
+            if has_base {
+                for &t in &tuned {
+                    let title = if tuned.len() == 1 {
+                        "Change (95% interval)".to_string()
+                    } else {
+                        format!("Change, {} (95% interval)", report.models[t].name)
+                    };
+                    ui.label(RichText::new(title).strong());
+                }
             }
             ui.end_row();
             for metric in &report.metrics {
                 ui.label(&metric.label).on_hover_text(&metric.description);
-                let mean = |m: Option<usize>| {
-                    m.and_then(|m| report.models[m].aggregates.get(&metric.key))
-                        .map_or("–".into(), |i| value(metric, i.mean))
-                };
-                ui.label(mean(base));
-                ui.label(mean(tuned));
-                let change = tuned.and_then(|t| report.models[t].change_vs_base.get(&metric.key));
-                match change {
-                    Some(c) => {
-                        let (color, verdict) = verdict(metric, c.low, c.high);
-                        let sign = if c.mean >= 0.0 { "+" } else { "" };
-                        ui.colored_label(
-                            color,
-                            format!(
-                                "{sign}{} [{}, {}] {verdict}",
-                                value(metric, c.mean),
-                                value(metric, c.low),
-                                value(metric, c.high)
-                            ),
-                        );
-                    }
-                    None => {
-                        ui.label("–");
+                for m in &report.models {
+                    ui.label(
+                        m.aggregates
+                            .get(&metric.key)
+                            .map_or("–".into(), |i| value(metric, i.mean)),
+                    );
+                }
+                for &t in tuned.iter().filter(|_| has_base) {
+                    match report.models[t].change_vs_base.get(&metric.key) {
+                        Some(c) => {
+                            let (color, verdict) = verdict(metric, c.low, c.high);
+                            let sign = if c.mean >= 0.0 { "+" } else { "" };
+                            ui.colored_label(
+                                color,
+                                format!(
+                                    "{sign}{} [{}, {}] {verdict}",
+                                    value(metric, c.mean),
+                                    value(metric, c.low),
+                                    value(metric, c.high)
+                                ),
+                            );
+                        }
+                        None => {
+                            ui.label("–");
+                        }
                     }
                 }
                 ui.end_row();
@@ -731,6 +798,50 @@ fn charts_ui(ui: &mut Ui, report: &EvalReport) {
     );
 }
 
+/// The training and eval loss curves of the evaluated runs, overlaid.
+fn loss_curves_ui(ui: &mut Ui, report: &EvalReport, runs: &[RunSummary]) {
+    let evaluated: Vec<(&str, &RunSummary)> = report
+        .models
+        .iter()
+        .filter_map(|m| {
+            let adapter = Path::new(m.adapter.as_deref()?);
+            let run = runs
+                .iter()
+                .find(|r| adapter == r.path || adapter.parent() == Some(r.path.as_path()))?;
+            Some((m.name.as_str(), run))
+        })
+        .collect();
+    if evaluated.is_empty() {
+        return;
+    }
+    let names: Vec<[String; 2]> = evaluated
+        .iter()
+        .map(|(name, _)| {
+            [
+                format!("{name}: training loss"),
+                format!("{name}: eval loss"),
+            ]
+        })
+        .collect();
+    let series: Vec<(&str, &[[f64; 2]])> = evaluated
+        .iter()
+        .zip(&names)
+        .flat_map(|((_, run), [train, eval])| {
+            [
+                (train.as_str(), run.curves.loss.as_slice()),
+                (eval.as_str(), run.curves.eval_loss.as_slice()),
+            ]
+        })
+        .collect();
+    widgets::curves(
+        ui,
+        "eval-run-loss",
+        "Loss of the evaluated runs",
+        160.0,
+        &series,
+    );
+}
+
 /// Loss, perplexity, and what an answer costs, per model.
 fn costs_ui(ui: &mut Ui, report: &EvalReport) {
     egui::Grid::new("eval-costs")
@@ -761,14 +872,13 @@ fn costs_ui(ui: &mut Ui, report: &EvalReport) {
         });
 }
 
-/// Prompt, reference, base answer and tuned answer, with the words of each answer that are not in
-/// the reference highlighted.
+/// Prompt, reference, the base answer and each fine-tuned answer, with the words of each answer that
+/// are not in the reference highlighted.
 fn side_by_side(
     ui: &mut Ui,
     report: &EvalReport,
     row: &crate::engine::eval::EvalRow,
     base: Option<usize>,
-    tuned: usize,
 ) {
     ui.add_space(6.0);
     egui::Frame::group(ui.style()).show(ui, |ui| {
@@ -781,7 +891,11 @@ fn side_by_side(
         let sides: Vec<(usize, &str)> = base
             .map(|b| (b, "Base model"))
             .into_iter()
-            .chain([(tuned, "Fine-tuned")])
+            .chain(
+                (0..report.models.len())
+                    .filter(|&m| report.models[m].adapter.is_some())
+                    .map(|m| (m, "Fine-tuned")),
+            )
             .collect();
         ui.columns(sides.len(), |cols| {
             for (col, (m, title)) in cols.iter_mut().zip(sides) {

@@ -16,6 +16,7 @@ mod data_page;
 mod dialogs;
 mod eval_page;
 mod fit;
+mod fix_data;
 mod jobs;
 mod method_page;
 mod model_page;

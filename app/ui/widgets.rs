@@ -275,6 +275,13 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// Name a field for screen readers (and UI tests) where no label sits beside it.
+pub fn describe_field(response: &egui::Response, name: &str) {
+    response.ctx.accesskit_node_builder(response.id, |node| {
+        node.set_label(name);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

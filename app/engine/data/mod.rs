@@ -13,13 +13,14 @@
 //! by serde_json (128), and the report lists at most `max_listed` findings of each kind while counting all.
 
 mod align;
+pub mod edit;
 mod encode;
 mod json;
 mod read;
 mod record;
 mod report;
 mod split;
-mod validate;
+pub(crate) mod validate;
 
 use std::path::PathBuf;
 

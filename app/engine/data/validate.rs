@@ -620,7 +620,7 @@ fn conversation_warnings(p: &Parsed) -> Vec<(WarningKind, Option<String>, String
 
 /// The text normalised for near-duplicate detection: lowercase, with punctuation and whitespace runs as
 /// one separator. ASCII takes a fast path on bytes.
-fn normalised_into(text: &str, out: &mut Vec<u8>) {
+pub(crate) fn normalised_into(text: &str, out: &mut Vec<u8>) {
     out.clear();
     let bytes = text.as_bytes();
     let mut gap = false;

@@ -1132,6 +1132,7 @@ mod tests {
         EvalRow {
             index,
             line: Some(index + 1),
+            row: Some(index + 1),
             prompt: vec![
                 ChatMessage::new("system", "You are terse."),
                 ChatMessage::new("user", prompt),

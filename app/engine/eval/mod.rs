@@ -4,6 +4,7 @@
 
 pub mod html;
 pub mod metrics;
+pub mod nearest;
 pub mod report;
 pub mod run;
 pub mod stats;

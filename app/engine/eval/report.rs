@@ -80,6 +80,9 @@ pub struct EvalRow {
     /// Position in the evaluation set, and the line of the dataset file it came from when known.
     pub index: usize,
     pub line: Option<usize>,
+    /// Its row in that file (see `Conversation::row`), to edit it there.
+    #[serde(default)]
+    pub row: Option<usize>,
     /// The conversation up to the answer: what every model was asked.
     pub prompt: Vec<ChatMessage>,
     /// The dataset's answer.

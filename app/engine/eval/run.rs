@@ -40,6 +40,7 @@ pub struct EvalSet {
 #[derive(Debug, Clone)]
 pub struct EvalExample {
     pub line: usize,
+    pub row: usize,
     pub prompt: Vec<ChatMessage>,
     pub reference: String,
 }
@@ -68,6 +69,7 @@ impl EvalSet {
                 let (answer, prompt) = c.messages.split_last().expect("two messages or more");
                 EvalExample {
                     line: c.line as usize,
+                    row: c.row,
                     prompt: prompt.to_vec(),
                     reference: answer.content.clone(),
                 }
@@ -536,6 +538,7 @@ fn build_report(
         .map(|(i, example)| EvalRow {
             index: i,
             line: Some(example.line),
+            row: Some(example.row),
             prompt: example.prompt.clone(),
             reference: example.reference.clone(),
             answers: outcomes

@@ -49,28 +49,57 @@ impl Model {
     /// Run a whole prompt; returns the logits of its last position, `(vocab)`, and the cache that
     /// decoding continues from.
     pub fn prefill(&self, prompt: &[u32]) -> Result<(Tensor, SeqCache)> {
-        let mut cache = KvCache::new(self);
-        let ids = Tensor::new(prompt, self.device())?.unsqueeze(0)?;
-        let logits = self.forward_last(&ids, 0, Some(&mut cache))?.squeeze(0)?;
-        let mut keys = Vec::with_capacity(cache.layers.len());
-        let mut values = Vec::with_capacity(cache.layers.len());
-        for layer in &cache.layers {
-            let Some((k, v)) = layer else {
-                candle_core::bail!("prefill: a layer cached nothing");
-            };
-            // (1, kv, t, d) → (t, kv · d) rows.
-            let rows = |x: &Tensor| -> Result<Vec<f32>> {
-                x.squeeze(0)?
-                    .transpose(0, 1)?
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1()
-            };
-            keys.push(rows(k)?);
-            values.push(rows(v)?);
+        let mut both = self.prefill_many(&[prompt])?;
+        let (logits, cache) = both.pop().expect("one prompt in, one out");
+        Ok((logits.squeeze(0)?, cache))
+    }
+
+    /// [`Model::prefill`] for several prompts in one forward pass: the prompts are padded at the end
+    /// to the longest, which the causal mask keeps every real token from seeing, so each gets the
+    /// logits and cache it gets alone. Returns `(1, vocab)` logits and a cache per prompt.
+    pub fn prefill_many(&self, prompts: &[&[u32]]) -> Result<Vec<(Tensor, SeqCache)>> {
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        if longest == 0 || prompts.iter().any(|p| p.is_empty()) {
+            candle_core::bail!("prefill: an empty prompt");
         }
-        let len = cache.len();
-        Ok((logits, SeqCache { keys, values, len }))
+        let mut ids = Vec::with_capacity(prompts.len() * longest);
+        for p in prompts {
+            ids.extend_from_slice(p);
+            ids.resize(ids.len() + longest - p.len(), 0);
+        }
+        let ids = Tensor::from_vec(ids, (prompts.len(), longest), self.device())?;
+        let mut cache = KvCache::new(self);
+        let hidden = self.forward_hidden(&ids, 0, Some(&mut cache))?;
+        let mut out = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.iter().enumerate() {
+            let last = hidden.get(i)?.narrow(0, p.len() - 1, 1)?;
+            let logits = self.logits(&last)?;
+            let mut keys = Vec::with_capacity(cache.layers.len());
+            let mut values = Vec::with_capacity(cache.layers.len());
+            for layer in &cache.layers {
+                let Some((k, v)) = layer else {
+                    candle_core::bail!("prefill: a layer cached nothing");
+                };
+                // (b, kv, t, d) → this prompt's (len, kv · d) rows.
+                let rows = |x: &Tensor| -> Result<Vec<f32>> {
+                    x.get(i)?
+                        .narrow(1, 0, p.len())?
+                        .transpose(0, 1)?
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1()
+                };
+                keys.push(rows(k)?);
+                values.push(rows(v)?);
+            }
+            let seq = SeqCache {
+                keys,
+                values,
+                len: p.len(),
+            };
+            out.push((logits, seq));
+        }
+        Ok(out)
     }
 
     /// Logits `(n, vocab)` for one new token per sequence, `tokens[i]` continuing `caches[i]`, which

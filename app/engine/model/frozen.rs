@@ -125,6 +125,9 @@ impl Drop for Scratch {
 
 /// `x · Wᵀ` for `x` of shape `(rows, in)`, with a gradient for `x` only.
 pub fn frozen_product(x: &Tensor, weight: &Frozen) -> Result<Tensor> {
+    if let Some(y) = few_rows_product(x, weight)? {
+        return Ok(y);
+    }
     match weight {
         Frozen::Dense(w) => super::ops::frozen_matmul(x, w),
         Frozen::Nf4(_) | Frozen::Ggml(_) if super::cpu_ops::applies(x) => {
@@ -135,6 +138,40 @@ pub fn frozen_product(x: &Tensor, weight: &Frozen) -> Result<Tensor> {
         // Other devices and dtypes dequantize for each product too, through candle's kernels.
         Frozen::Nf4(_) | Frozen::Ggml(_) => super::ops::dequantizing_matmul(x, weight),
     }
+}
+
+/// Decoding's products — a few rows, no gradient, a dense f32 weight on the CPU — by
+/// [`super::cpu_few_rows`]; None for everything else.
+fn few_rows_product(x: &Tensor, weight: &Frozen) -> Result<Option<Tensor>> {
+    let Frozen::Dense(w) = weight else {
+        return Ok(None);
+    };
+    let (rows, inp) = match x.dims() {
+        [rows, inp] => (*rows, *inp),
+        _ => return Ok(None),
+    };
+    if rows > super::cpu_few_rows::MAX_ROWS
+        || !super::cpu_few_rows::available()
+        || x.track_op()
+        || !super::cpu_ops::applies(x)
+        || !weight.has_cpu_f32()
+        || !w.is_contiguous()
+    {
+        return Ok(None);
+    }
+    let (out, w_in) = weight.dims();
+    if w_in != inp {
+        candle_core::bail!("linear layer: input has {inp} features, the weight takes {w_in}");
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let values = f32_slice(&storage, layout, "input")?;
+    let y = weight.with_cpu_f32(|w| {
+        Ok(super::cpu_few_rows::few_rows_times_t(
+            values, rows, w, out, inp,
+        ))
+    })?;
+    Tensor::from_vec(y, (rows, out), x.device()).map(Some)
 }
 
 /// `x · Wᵀ` on the CPU for a quantized `W`, dequantized for the product and again for the backward.

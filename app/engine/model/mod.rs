@@ -11,6 +11,7 @@ mod attach;
 mod blocks;
 mod checkpoint;
 mod cpu_attention;
+mod cpu_few_rows;
 mod cpu_lm_loss;
 mod cpu_ops;
 mod decode;
