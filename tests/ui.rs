@@ -1205,9 +1205,20 @@ fn an_evaluation_runs_from_the_evaluate_page_and_opens_an_example_side_by_side()
         .next()
         .expect("the nearest training examples");
     let row: usize = answer["Answer of training row ".len()..].parse().unwrap();
-    h.get_by_label(&answer).click();
+    h.get_by_label(&answer).scroll_to_me();
     h.step();
+    h.get_by_label(&answer).focus();
+    h.step();
+    assert!(
+        h.get_by_label(&answer).is_focused(),
+        "the answer field takes the focus"
+    );
     h.get_by_label(&answer).type_text(" Edited in the test.");
+    h.step();
+    assert!(
+        !h.state().eval.fix.edits.answers.is_empty(),
+        "the typed answer is a staged edit"
+    );
     h.step();
     press_below_the_fold(&mut h, "Correct this example's answer in the data");
     assert!(has(&h, "Corrected answer"));

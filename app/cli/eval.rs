@@ -36,6 +36,13 @@ pub struct EvalArgs {
     /// Longest answer, in tokens (default: the longest reference and half as much again).
     #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// Text that ends an answer, besides the model's end tokens (repeatable; the answer is cut before
+    /// it).
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
+    /// Sample with this temperature, seeded by --seed (default: greedy, the same answers every time).
+    #[arg(long)]
+    temperature: Option<f64>,
     /// Metrics: auto (chosen from the references) or a list of exact, json, fields, f1, rougeL, length,
     /// refusal.
     #[arg(long, default_value = "auto")]
@@ -52,7 +59,7 @@ pub struct EvalArgs {
     /// Prompts answered at once.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Seed of the bootstrap intervals.
+    /// Seed of the bootstrap intervals (and of sampling, with --temperature).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Report folder (default: the run's eval/<time>/, or ./loft-eval-<time>/).
@@ -73,6 +80,12 @@ pub fn eval(args: EvalArgs) -> Result<i32> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    if args
+        .temperature
+        .is_some_and(|t| !(t > 0.0 && t.is_finite()))
+    {
+        bail!("--temperature must be above 0 (leave it out for greedy answers)");
+    }
     if args.max_new_tokens == Some(0) {
         bail!("--max-new-tokens must be at least 1");
     }
@@ -90,6 +103,8 @@ pub fn eval(args: EvalArgs) -> Result<i32> {
             batch: args.batch,
             seed: args.seed,
             cache_dir: default_cache_dir(),
+            stop: args.stop.clone(),
+            temperature: args.temperature,
             ..EvalSettings::default()
         },
         out: args.out.clone(),

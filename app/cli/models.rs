@@ -8,10 +8,8 @@ use clap::Args;
 
 use crate::engine::cache;
 use crate::engine::chat::TemplateOrigin;
-use crate::engine::device;
 use crate::engine::generate::Sampling;
 use crate::engine::hub::{DownloadEvent, HubOptions};
-use crate::engine::model::LoadOptions;
 use crate::engine::source::{self, ModelFiles, ModelSource, Resolve};
 use crate::engine::units;
 
@@ -179,15 +177,7 @@ pub struct GenerateArgs {
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let files = args.model.resolve()?;
-    let (device, dtype) = device::best_device();
-    let mut loaded = source::load(
-        &files,
-        &LoadOptions {
-            device,
-            dtype,
-            ..Default::default()
-        },
-    )?;
+    let mut loaded = source::load_on_best_device(&files)?;
     if let Some(path) = &args.adapter {
         crate::engine::adapter::load_peft(
             &mut loaded.model,

@@ -101,7 +101,8 @@ pub fn strftime_now(format: String) -> String {
     strftime(&format, crate::engine::clock::unix_seconds())
 }
 
-const MONTHS: [&str; 12] = [
+/// Month names, January first (also the evaluation report's dates).
+pub(crate) const MONTHS: [&str; 12] = [
     "January",
     "February",
     "March",

@@ -293,6 +293,20 @@ pub struct LoadedModel {
     pub load_time: Duration,
 }
 
+/// [`load`] on the best device this build and machine have (a CUDA GPU, else the CPU), in its compute
+/// dtype, with a full-precision base: how generation and evaluation load a model.
+pub fn load_on_best_device(files: &ModelFiles) -> Result<LoadedModel> {
+    let (device, dtype) = crate::engine::device::best_device();
+    load(
+        files,
+        &LoadOptions {
+            device,
+            dtype,
+            ..Default::default()
+        },
+    )
+}
+
 pub fn load(files: &ModelFiles, options: &LoadOptions) -> Result<LoadedModel> {
     let start = Instant::now();
     let (model, text) = match &files.weights {

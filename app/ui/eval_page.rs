@@ -600,15 +600,7 @@ fn ask_both(
             cancel: r.cancel_flag(),
         },
     )?;
-    let (device, dtype) = crate::engine::device::best_device();
-    let mut loaded = source::load(
-        &files,
-        &crate::engine::model::LoadOptions {
-            device,
-            dtype,
-            ..Default::default()
-        },
-    )?;
+    let mut loaded = crate::engine::source::load_on_best_device(&files)?;
     let ids = loaded.prompt_ids(None, question, false)?;
     let sampling = crate::engine::generate::Sampling::default();
     for side in 0..2 {

@@ -14,10 +14,8 @@ use super::method_page::{method_title, verdict_words};
 use super::widgets::{self, BAD, GOOD, WARN};
 use crate::engine::cache::{self, CachedModel};
 use crate::engine::chat::TemplateOrigin;
-use crate::engine::device;
 use crate::engine::generate::Sampling;
 use crate::engine::hub::{DownloadEvent, HubOptions};
-use crate::engine::model::LoadOptions;
 use crate::engine::source::{self, LoadedModel, ModelInfo, ModelSource, Resolve};
 use crate::engine::train::memory::smallest_run;
 use crate::engine::train::Method;
@@ -539,24 +537,14 @@ impl ModelPage {
         self.chat_job = Some(Job::spawn(ctx, "try-it", move |r| {
             let model = match loaded {
                 Some(m) => m,
-                None => {
-                    let (device, dtype) = device::best_device();
-                    match source::load(
-                        &files,
-                        &LoadOptions {
-                            device,
-                            dtype,
-                            ..Default::default()
-                        },
-                    ) {
-                        Ok(m) => {
-                            let m = Arc::new(m);
-                            r.send(ChatReport::Loaded(files.root.clone(), m.clone()));
-                            m
-                        }
-                        Err(e) => return r.send(ChatReport::Failed(e.to_string())),
+                None => match source::load_on_best_device(&files) {
+                    Ok(m) => {
+                        let m = Arc::new(m);
+                        r.send(ChatReport::Loaded(files.root.clone(), m.clone()));
+                        m
                     }
-                }
+                    Err(e) => return r.send(ChatReport::Failed(e.to_string())),
+                },
             };
             let sampling = Sampling {
                 max_new_tokens: 200,

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use super::metrics::word_diff;
 use super::report::{Answer, EvalReport, EvalRow, MetricInfo, ModelSummary, RowOutcome};
 use super::stats::Interval;
+use crate::engine::jinja::MONTHS;
 
 /// Writing into a `String` cannot fail; this keeps the many `write!` calls short.
 macro_rules! put {
@@ -21,21 +22,6 @@ const EPS: f64 = 1e-9;
 /// Base model first, then one colour per adapter (cycled).
 const BASE_COLOUR: &str = "#8a939e";
 const TUNED_COLOURS: [&str; 5] = ["#2f6fdb", "#d9822b", "#7a4fd6", "#1f9d8a", "#c2417a"];
-
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
 
 const STYLE: &str = r#"
 :root { --fg: #1d2125; --muted: #5b6570; --line: #d8dde3; --better: #1a7f37; --worse: #c62828;
@@ -376,6 +362,19 @@ fn header(out: &mut String, ctx: &Context, date: &str) {
         "<dt>Answer length limit</dt><dd>{} new tokens</dd>\n",
         report.max_new_tokens
     );
+    let decoding = match report.temperature {
+        Some(t) => format!("sampled at temperature {t}"),
+        None => "greedy (the most likely token each time)".into(),
+    };
+    put!(out, "<dt>Decoding</dt><dd>{}</dd>\n", escape(&decoding));
+    if !report.stop.is_empty() {
+        let stops: Vec<String> = report
+            .stop
+            .iter()
+            .map(|s| format!("<code>{}</code>", escape(s)))
+            .collect();
+        put!(out, "<dt>Stop text</dt><dd>{}</dd>\n", stops.join(", "));
+    }
     if report.loose_match {
         out.push_str("<dt>Exact match</dt><dd>ignores case and extra spaces</dd>\n");
     }
@@ -1167,6 +1166,8 @@ mod tests {
                 rows: 3,
             },
             max_new_tokens: 256,
+            temperature: None,
+            stop: vec!["</answer>".into()],
             loose_match: true,
             metrics: metrics(),
             models: vec![base, tuned],

@@ -17,6 +17,12 @@ pub struct EvalReport {
     pub eval_set: EvalSetInfo,
     /// Generation settings every model answered with.
     pub max_new_tokens: usize,
+    /// None: greedy.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Stop texts besides the model's end tokens.
+    #[serde(default)]
+    pub stop: Vec<String>,
     /// Exact match ignored case and runs of whitespace.
     pub loose_match: bool,
     /// The metrics scored, in display order.

@@ -142,6 +142,10 @@ pub struct EvalSettings {
     pub max_seq_len: usize,
     /// Where the base model's answers are cached; None: no cache.
     pub cache_dir: Option<PathBuf>,
+    /// Text that ends an answer, besides the model's own end tokens (the answer is cut before it).
+    pub stop: Vec<String>,
+    /// Sample with this temperature (seeded by `seed`); None: greedy, the same answers every time.
+    pub temperature: Option<f64>,
 }
 
 impl Default for EvalSettings {
@@ -155,6 +159,8 @@ impl Default for EvalSettings {
             seed: 0,
             max_seq_len: 2048,
             cache_dir: None,
+            stop: Vec::new(),
+            temperature: None,
         }
     }
 }
@@ -253,8 +259,11 @@ pub fn evaluate(
     };
     let sampling = Sampling {
         max_new_tokens,
+        temperature: settings.temperature,
+        seed: settings.seed,
         ..Sampling::default()
     };
+    let stops = Stops::new(loaded, &settings.stop);
     let loss_examples = encode_for_loss(loaded, set, settings, cancel)?;
     let references: Vec<&str> = set.examples.iter().map(|e| e.reference.as_str()).collect();
     let mut metrics = settings
@@ -262,7 +271,7 @@ pub fn evaluate(
         .clone()
         .unwrap_or_else(|| auto_metrics(&references));
     metrics.extend(settings.checks.iter().cloned().map(Metric::Check));
-    let cache_key = base_cache_key(model_name, &prompts, &loss_examples, &sampling);
+    let cache_key = base_cache_key(model_name, &prompts, &loss_examples, &sampling, &stops);
 
     let mut outcomes = Vec::with_capacity(contenders.len());
     for (index, contender) in contenders.iter().enumerate() {
@@ -293,6 +302,7 @@ pub fn evaluate(
                     &prompts,
                     &loss_examples,
                     &sampling,
+                    &stops,
                     settings,
                     &mut progress,
                     cancel,
@@ -342,6 +352,7 @@ fn answer_all(
     prompts: &[Vec<u32>],
     loss_examples: &[Example],
     sampling: &Sampling,
+    stops: &Stops,
     settings: &EvalSettings,
     progress: &mut dyn FnMut(EvalStage, usize, usize),
     cancel: &AtomicBool,
@@ -365,7 +376,8 @@ fn answer_all(
         };
         // Generation reads the merged weights: one product per projection instead of three.
         let merged = loaded.model.merge_adapters()?;
-        let answers = generate_answers(loaded, prompts, sampling, settings, progress, cancel);
+        let answers =
+            generate_answers(loaded, prompts, sampling, stops, settings, progress, cancel);
         loaded.model.restore_base(merged)?;
         let (answers, seconds) = answers?;
         Ok(Outcome {
@@ -382,6 +394,7 @@ fn generate_answers(
     loaded: &LoadedModel,
     prompts: &[Vec<u32>],
     sampling: &Sampling,
+    stops: &Stops,
     settings: &EvalSettings,
     progress: &mut dyn FnMut(EvalStage, usize, usize),
     cancel: &AtomicBool,
@@ -396,11 +409,11 @@ fn generate_answers(
         &loaded.model,
         prompts,
         sampling,
-        &loaded.stop_tokens,
+        &stops.tokens,
         settings.batch,
         cancel,
         &mut |i, generation| {
-            match raw_answer(loaded, &generation) {
+            match raw_answer(loaded, stops, &generation) {
                 Ok(answer) => answers[i] = Some(answer),
                 Err(e) => failure = Some(e),
             }
@@ -416,12 +429,47 @@ fn generate_answers(
     answers.map(|a| (a, seconds)).ok_or(ModelError::Cancelled)
 }
 
-fn raw_answer(loaded: &LoadedModel, generation: &Generation) -> Result<RawAnswer> {
+/// What ends an answer: the model's end tokens and the user's stop texts (those that are one token
+/// stop generation there; any other is cut from the text afterwards).
+struct Stops {
+    tokens: Vec<u32>,
+    texts: Vec<String>,
+}
+
+impl Stops {
+    fn new(loaded: &LoadedModel, texts: &[String]) -> Stops {
+        let mut tokens = loaded.stop_tokens.clone();
+        for text in texts {
+            if let Ok(e) = loaded.tokenizer.encode(text.as_str(), false) {
+                if let [id] = e.get_ids() {
+                    tokens.push(*id);
+                }
+            }
+        }
+        Stops {
+            tokens,
+            texts: texts.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        }
+    }
+
+    /// `text` up to the first stop text in it.
+    fn cut<'a>(&self, text: &'a str) -> &'a str {
+        let end = self
+            .texts
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+            .unwrap_or(text.len());
+        &text[..end]
+    }
+}
+
+fn raw_answer(loaded: &LoadedModel, stops: &Stops, generation: &Generation) -> Result<RawAnswer> {
     let content: Vec<u32> = generation
         .tokens
         .iter()
         .copied()
-        .filter(|t| !loaded.stop_tokens.contains(t))
+        .filter(|t| !stops.tokens.contains(t))
         .collect();
     let text = loaded
         .tokenizer
@@ -432,7 +480,7 @@ fn raw_answer(loaded: &LoadedModel, generation: &Generation) -> Result<RawAnswer
         })?;
     let new = generation.tokens.len();
     Ok(RawAnswer {
-        text: text.trim().to_string(),
+        text: stops.cut(&text).trim().to_string(),
         tokens_in: generation.prompt_tokens,
         tokens_out: new,
         time_to_first_token_ms: generation.prefill.as_secs_f64() * 1000.0,
@@ -482,11 +530,12 @@ fn base_cache_key(
     prompts: &[Vec<u32>],
     loss_examples: &[Example],
     sampling: &Sampling,
+    stops: &Stops,
 ) -> String {
     let mut hash = Sha256::new();
     hash.update(env!("CARGO_PKG_VERSION").as_bytes());
     hash.update(model_name.as_bytes());
-    hash.update(format!("{sampling:?}").as_bytes());
+    hash.update(format!("{sampling:?} {:?} {:?}", stops.tokens, stops.texts).as_bytes());
     for p in prompts {
         hash.update((p.len() as u64).to_le_bytes());
         p.iter().for_each(|t| hash.update(t.to_le_bytes()));
@@ -613,6 +662,8 @@ fn build_report(
         model: model_name.to_string(),
         eval_set: set.info.clone(),
         max_new_tokens,
+        temperature: settings.temperature,
+        stop: settings.stop.clone(),
         loose_match: settings.loose_match,
         metrics: metrics.iter().map(Metric::info).collect(),
         models,
@@ -726,15 +777,7 @@ pub fn run_request(
         };
         crate::engine::source::resolve(&source, &mut how)?
     };
-    let (device, dtype) = crate::engine::device::best_device();
-    let mut loaded = crate::engine::source::load(
-        &files,
-        &crate::engine::model::LoadOptions {
-            device,
-            dtype,
-            ..Default::default()
-        },
-    )?;
+    let mut loaded = crate::engine::source::load_on_best_device(&files)?;
     let mut on_progress = |p| on_event(EvalEvent::Progress(p));
     let report = evaluate(
         &mut loaded,
@@ -752,4 +795,28 @@ pub fn run_request(
     };
     super::write_report(&report, &out)?;
     Ok((report, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_ends_before_the_first_stop_text() {
+        let stops = Stops {
+            tokens: vec![],
+            texts: vec!["</answer>".into(), "\nUser:".into()],
+        };
+        assert_eq!(stops.cut("42</answer> and more\nUser: hi"), "42");
+        assert_eq!(stops.cut("a\nUser: b</answer>"), "a");
+        assert_eq!(stops.cut("no stop here"), "no stop here");
+    }
+
+    #[test]
+    fn the_answer_budget_follows_the_references() {
+        assert_eq!(answer_budget([10, 40, 20].into_iter()), 72);
+        assert_eq!(answer_budget([200].into_iter()), 300);
+        assert_eq!(answer_budget([5000].into_iter()), 1024);
+        assert_eq!(answer_budget(std::iter::empty()), 32);
+    }
 }
