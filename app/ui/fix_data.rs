@@ -24,10 +24,12 @@ const SHOWN: usize = 5;
 pub struct TrainData {
     pub spec: RunSpec,
     pub dataset: Dataset,
+    /// The name the new version gets unless the user types another (looked up off the UI thread).
+    pub suggested: PathBuf,
 }
 
-/// A new dataset file: where, what it holds, and what checking it said.
-type Saved = (PathBuf, EditSummary, String);
+/// A new dataset file: where, what it holds, what checking it said, and the name the next one gets.
+type Saved = (PathBuf, EditSummary, String, PathBuf);
 
 /// What the page asks of the app.
 pub enum Action {
@@ -57,7 +59,7 @@ impl FixData {
             if let Some(outcome) = job.poll().pop() {
                 match outcome {
                     Ok(data) => {
-                        self.save_as = next_version(&data.spec.data).display().to_string();
+                        self.save_as = data.suggested.display().to_string();
                         self.data = Some(Arc::new(data));
                     }
                     Err(e) => self.message = Some((false, e)),
@@ -70,7 +72,8 @@ impl FixData {
         if let Some(job) = &mut self.save_job {
             if let Some(outcome) = job.poll().pop() {
                 match outcome {
-                    Ok((path, s, checked)) => {
+                    Ok((path, s, checked, next)) => {
+                        self.save_as = next.display().to_string();
                         self.message = Some((
                             true,
                             format!(
@@ -110,7 +113,12 @@ impl FixData {
                 let (_, spec) = RunDir::open(&run)?;
                 let (dataset, _) =
                     crate::engine::train::prepare::datasets(&spec, &mut |_| {}, r.cancel_flag())?;
-                Ok(TrainData { spec, dataset })
+                let suggested = next_version(&spec.data);
+                Ok(TrainData {
+                    spec,
+                    dataset,
+                    suggested,
+                })
             })();
             r.send(read.map_err(|e| format!("cannot read the run's training data: {e}")));
         }));
@@ -275,7 +283,8 @@ impl FixData {
                             format!("Checked: {e} — open it on the Data step to see the rows.")
                         }
                     };
-                    Ok((dest, summary, verdict))
+                    let next = next_version(&dest);
+                    Ok((dest, summary, verdict, next))
                 });
             r.send(outcome);
         }));
