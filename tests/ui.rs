@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
+use loft::engine::eval::RowOutcome;
 use loft::ui::{AppOptions, EvalChoice, LoftApp, LoftWindow, Page, Phase};
 
 /// A file dropped on the window.
@@ -1173,20 +1174,30 @@ fn an_evaluation_runs_from_the_evaluate_page_and_opens_an_example_side_by_side()
     for card in ["Exact match", "ROUGE-L", "Eval loss", "Tokens per answer"] {
         assert!(has(&h, card), "the {card} card");
     }
-    // The filters count what they keep; "All" lists every example.
+    // Each filter names how many examples it keeps, lists exactly those, and "All" lists every one.
+    let outcomes = report.outcomes(1);
+    let listed = |h: &Harness<'static, LoftApp>| {
+        h.query_all_by_label_contains(" (line ")
+            .filter(|n| {
+                n.accesskit_node()
+                    .label()
+                    .is_some_and(|l| l.starts_with('#'))
+            })
+            .count()
+    };
+    for (filter, outcome) in [
+        ("Regressed", RowOutcome::Regressed),
+        ("Improved", RowOutcome::Improved),
+        ("Failed by both", RowOutcome::FailedByBoth),
+    ] {
+        let kept = outcomes.iter().filter(|o| **o == Some(outcome)).count();
+        click(&mut h, &format!("{filter} ({kept})"));
+        assert_eq!(listed(&h), kept, "{filter}");
+    }
     let n = report.rows.len();
     click(&mut h, &format!("All ({n})"));
     assert_eq!(h.state().eval.filter, loft::ui::EvalFilter::All);
-    let counts: usize = ["Regressed", "Improved", "Failed by both"]
-        .iter()
-        .map(|f| {
-            let label = label_starting(&h, &format!("{f} ("));
-            label[f.len() + 2..label.len() - 1]
-                .parse::<usize>()
-                .unwrap()
-        })
-        .sum();
-    assert!(counts <= n);
+    assert_eq!(listed(&h), n);
     let first = label_starting(&h, "#1 (line ");
     click_first(&mut h, &first);
     assert_eq!(h.state().eval.selected, Some(0));

@@ -456,11 +456,7 @@ impl EvalPage {
         let Some(tuned) = tuned else {
             return fix_data::Action::None;
         };
-        let outcomes: Vec<Option<RowOutcome>> = report
-            .rows
-            .iter()
-            .map(|r| report.outcome(r, tuned))
-            .collect();
+        let outcomes = report.outcomes(tuned);
         ui.horizontal(|ui| {
             for filter in Filter::ALL {
                 let n = outcomes.iter().filter(|o| filter.keeps(**o)).count();

@@ -13,7 +13,7 @@ use super::widgets::{self, BAD, GOOD};
 use crate::engine::chat::ChatMessage;
 use crate::engine::data::edit::{next_version, write_edited, DataEdits, EditSummary};
 use crate::engine::data::{validate_file, Dataset, ValidateOptions};
-use crate::engine::eval::nearest::nearest;
+use crate::engine::eval::nearest::{nearest, Neighbour};
 use crate::engine::eval::EvalRow;
 use crate::engine::train::run::{RunDir, RunSpec};
 
@@ -44,6 +44,8 @@ pub struct FixData {
     run: Option<PathBuf>,
     job: Option<Job<Result<TrainData, String>>>,
     pub data: Option<Arc<TrainData>>,
+    /// The training examples nearest to the example shown (by its index), found once per example.
+    neighbours: Option<(usize, Vec<Neighbour>)>,
     pub edits: DataEdits,
     /// The corrected answer for the evaluation example `row`, when it is to be added or corrected.
     pub correction: Option<(usize, String)>,
@@ -140,7 +142,14 @@ impl FixData {
             }
             return action;
         };
-        let found = nearest(&data.dataset, &row.prompt, SHOWN);
+        if self.neighbours.as_ref().map(|(i, _)| *i) != Some(row.index) {
+            self.neighbours = Some((row.index, nearest(&data.dataset, &row.prompt, SHOWN)));
+        }
+        let found = self
+            .neighbours
+            .as_ref()
+            .map_or(&[][..], |(_, n)| n)
+            .to_vec();
         if found.is_empty() {
             ui.label("No training example asks anything like this: adding this one teaches it.");
         }

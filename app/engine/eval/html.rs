@@ -751,17 +751,24 @@ impl Outcome {
     }
 }
 
-/// The outcome of `row` as the report judges it (see [`EvalReport::row_outcome`]), and the metric it
-/// was judged on.
-fn row_outcome<'a>(ctx: &Context<'a>, row: &EvalRow) -> (Outcome, Option<&'a MetricInfo>) {
-    let outcome = match ctx.report.row_outcome(row) {
-        Some(RowOutcome::Improved) => Outcome::Improved,
-        Some(RowOutcome::Regressed) => Outcome::Regressed,
-        Some(RowOutcome::FailedByBoth) => Outcome::Failed,
-        Some(RowOutcome::Same) => Outcome::Same,
-        None => Outcome::Unscored,
-    };
-    (outcome, ctx.report.main_metric())
+/// Each example's outcome as the report judges it (see [`EvalReport::row_outcomes`]), and the
+/// metric it was judged on.
+fn outcomes<'a>(ctx: &Context<'a>) -> Vec<(Outcome, Option<&'a MetricInfo>)> {
+    let metric = ctx.report.main_metric();
+    ctx.report
+        .row_outcomes()
+        .into_iter()
+        .map(|o| {
+            let outcome = match o {
+                Some(RowOutcome::Improved) => Outcome::Improved,
+                Some(RowOutcome::Regressed) => Outcome::Regressed,
+                Some(RowOutcome::FailedByBoth) => Outcome::Failed,
+                Some(RowOutcome::Same) => Outcome::Same,
+                None => Outcome::Unscored,
+            };
+            (outcome, metric)
+        })
+        .collect()
 }
 
 /// The system message every example starts with, when they all share one: shown once, not per example.
@@ -788,11 +795,7 @@ fn examples(out: &mut String, ctx: &Context) {
         );
         return;
     }
-    let outcomes: Vec<(Outcome, Option<&MetricInfo>)> = report
-        .rows
-        .iter()
-        .map(|row| row_outcome(ctx, row))
-        .collect();
+    let outcomes = outcomes(ctx);
     let count = |o: Outcome| outcomes.iter().filter(|(x, _)| *x == o).count();
     let models = report.models.len();
     let mut parts = Vec::new();

@@ -158,43 +158,57 @@ impl EvalReport {
         self.models.iter().position(|m| m.adapter.is_none())
     }
 
-    /// Example `row` for model `tuned` against the base, by the main metric; None without a base, for
-    /// the base itself, or where the metric does not apply. Changes smaller than [`SAME`] are no change.
-    pub fn outcome(&self, row: &EvalRow, tuned: usize) -> Option<RowOutcome> {
-        let base = self.base_index().filter(|&b| b != tuned)?;
-        let key = &self.main_metric()?.key;
-        let before = *row.answers.get(base)?.scores.get(key)?;
-        let after = *row.answers.get(tuned)?.scores.get(key)?;
-        Some(if after > before + SAME {
-            RowOutcome::Improved
-        } else if after < before - SAME {
-            RowOutcome::Regressed
-        } else if after.max(before) < PASS {
-            RowOutcome::FailedByBoth
-        } else {
-            RowOutcome::Same
-        })
+    /// Every example's outcome for model `tuned` against the base, by the main metric; None without a
+    /// base, for the base itself, or where the metric does not apply. Changes smaller than [`SAME`]
+    /// are no change.
+    pub fn outcomes(&self, tuned: usize) -> Vec<Option<RowOutcome>> {
+        let key = self.main_metric().map(|m| m.key.as_str());
+        let base = self.base_index().filter(|&b| b != tuned);
+        self.rows
+            .iter()
+            .map(|row| judge(row, key?, base?, tuned))
+            .collect()
     }
 
-    /// Example `row` across every fine-tuned model: regressed when any regressed, else improved when
-    /// any improved, else failed by both when every one failed with the base, else the same.
-    pub fn row_outcome(&self, row: &EvalRow) -> Option<RowOutcome> {
-        let outcomes: Vec<RowOutcome> = (0..self.models.len())
-            .filter_map(|m| self.outcome(row, m))
-            .collect();
-        let any = |o| outcomes.contains(&o);
-        if outcomes.is_empty() {
-            None
-        } else if any(RowOutcome::Regressed) {
-            Some(RowOutcome::Regressed)
-        } else if any(RowOutcome::Improved) {
-            Some(RowOutcome::Improved)
-        } else if outcomes.iter().all(|&o| o == RowOutcome::FailedByBoth) {
-            Some(RowOutcome::FailedByBoth)
-        } else {
-            Some(RowOutcome::Same)
-        }
+    /// Every example's outcome across every fine-tuned model: regressed when any regressed, else
+    /// improved when any improved, else failed by both when every one failed with the base, else the
+    /// same.
+    pub fn row_outcomes(&self) -> Vec<Option<RowOutcome>> {
+        let per_model: Vec<Vec<Option<RowOutcome>>> =
+            (0..self.models.len()).map(|m| self.outcomes(m)).collect();
+        (0..self.rows.len())
+            .map(|row| {
+                let outcomes: Vec<RowOutcome> = per_model.iter().filter_map(|o| o[row]).collect();
+                let any = |o| outcomes.contains(&o);
+                if outcomes.is_empty() {
+                    None
+                } else if any(RowOutcome::Regressed) {
+                    Some(RowOutcome::Regressed)
+                } else if any(RowOutcome::Improved) {
+                    Some(RowOutcome::Improved)
+                } else if outcomes.iter().all(|&o| o == RowOutcome::FailedByBoth) {
+                    Some(RowOutcome::FailedByBoth)
+                } else {
+                    Some(RowOutcome::Same)
+                }
+            })
+            .collect()
     }
+}
+
+/// One example, model `tuned` against model `base`, by metric `key`.
+fn judge(row: &EvalRow, key: &str, base: usize, tuned: usize) -> Option<RowOutcome> {
+    let before = *row.answers.get(base)?.scores.get(key)?;
+    let after = *row.answers.get(tuned)?.scores.get(key)?;
+    Some(if after > before + SAME {
+        RowOutcome::Improved
+    } else if after < before - SAME {
+        RowOutcome::Regressed
+    } else if after.max(before) < PASS {
+        RowOutcome::FailedByBoth
+    } else {
+        RowOutcome::Same
+    })
 }
 
 /// Score changes within this are no change (word-overlap scores move a little with any rewording).

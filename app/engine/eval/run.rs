@@ -49,7 +49,7 @@ impl EvalSet {
     /// Every conversation that ends with the assistant's answer; the others have nothing to compare
     /// against and are left out.
     pub fn from_dataset(dataset: Dataset, source: String) -> Result<EvalSet> {
-        let mut kept = dataset.clone();
+        let mut kept = dataset;
         kept.conversations.retain(|c| {
             c.messages.len() >= 2 && c.messages.last().is_some_and(|m| m.role == "assistant")
         });
@@ -58,7 +58,7 @@ impl EvalSet {
                 "data",
                 format!(
                     "{}: no example ends with an assistant answer to compare against; evaluation needs prompts with reference answers",
-                    dataset.path.display()
+                    kept.path.display()
                 ),
             ));
         }
@@ -77,7 +77,7 @@ impl EvalSet {
             .collect::<Vec<_>>();
         Ok(EvalSet {
             info: EvalSetInfo {
-                path: dataset.path.display().to_string(),
+                path: kept.path.display().to_string(),
                 source,
                 rows: examples.len(),
             },
@@ -238,12 +238,7 @@ pub fn evaluate(
     on_progress: &mut dyn FnMut(EvalProgress),
     cancel: &AtomicBool,
 ) -> Result<EvalReport> {
-    if contenders.is_empty() {
-        return Err(ModelError::invalid_input(
-            "models",
-            "nothing to evaluate: add an adapter, or keep the base model",
-        ));
-    }
+    check_contenders(contenders)?;
     let prompts = set
         .examples
         .iter()
@@ -326,6 +321,17 @@ pub fn evaluate(
     ))
 }
 
+/// Something to evaluate: the base model, an adapter, or both.
+fn check_contenders(contenders: &[Contender]) -> Result<()> {
+    if contenders.is_empty() {
+        return Err(ModelError::invalid_input(
+            "models",
+            "nothing to evaluate: add an adapter, or keep the base model",
+        ));
+    }
+    Ok(())
+}
+
 /// What one model did: an answer per example, the loss on the references, and the generation time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Outcome {
@@ -366,6 +372,8 @@ fn answer_all(
         let eval_loss = if loss_examples.is_empty() {
             None
         } else {
+            // The loss pass holds a whole batch's activations, unlike generation: at most 8
+            // conversations at a time keep it near a training micro-batch's memory.
             Some(mean_loss(
                 &loaded.model,
                 loss_examples,
@@ -761,6 +769,7 @@ pub fn run_request(
             .chain(run_adapter.iter())
             .map(|a| Contender::adapter(a)),
     );
+    check_contenders(&contenders)?;
     on_event(EvalEvent::Status(format!("loading {model_name}…")));
     let source = crate::engine::source::ModelSource::parse(&model_name)?;
     let files = {

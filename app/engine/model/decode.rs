@@ -31,12 +31,6 @@ impl SeqCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-
-    /// Bytes held, for memory accounting.
-    pub fn bytes(&self) -> usize {
-        let floats: usize = self.keys.iter().chain(&self.values).map(Vec::len).sum();
-        floats * 4
-    }
 }
 
 impl Model {
